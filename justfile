@@ -1,0 +1,47 @@
+# The project's recipes. `just` lists them; `just verify` is the gate CI and `nix flake check` run.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# nextest profile: `ci` when CI is set (no fail-fast, JUnit), `default` otherwise
+nextest_profile := if env("CI", "") != "" { "ci" } else { env("NEXTEST_PROFILE", "default") }
+# cargo-deny reads its advisory database offline when CI or DENY_OFFLINE is set
+deny_offline := if env("CI", "") != "" { "--offline" } else if env("DENY_OFFLINE", "") != "" { "--offline" } else { "" }
+
+# list the recipes
+default:
+    @just --list
+
+# the gate: formatting, lints, tests, dependency policy
+[group('gate')]
+verify: fmt-check clippy test deny
+
+# the gate exactly as CI runs it
+[group('gate')]
+ci:
+    CI=true just verify
+
+# check formatting
+[group('gate')]
+fmt-check:
+    cargo fmt --all --check
+
+# format the code
+[group('dev')]
+fmt:
+    cargo fmt --all
+
+# lint every crate and target, warnings are errors
+[group('gate')]
+clippy:
+    cargo clippy --workspace --all-targets --all-features -- -D warnings
+
+# run every test (nextest) and the doctests; the tests start their own nats-server
+[group('gate')]
+test:
+    cargo nextest run --workspace --all-features --profile {{nextest_profile}} --no-tests=fail
+    cargo test --workspace --all-features --doc
+
+# dependency policy: advisories, bans, licenses, sources
+[group('gate')]
+deny:
+    cargo deny {{deny_offline}} check

@@ -1,0 +1,1 @@
+//! Operational conventions shared by both services.

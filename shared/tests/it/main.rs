@@ -1,0 +1,4 @@
+//! Integration tests of the wire contract: golden fixtures and property tests.
+
+mod fixtures;
+mod properties;

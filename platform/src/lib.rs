@@ -1,1 +1,19 @@
-//! Operational conventions shared by both services.
+//! Operational conventions written once and used by both services.
+//!
+//! - [`problem`]: RFC 9457 problem+json errors with stable `type` URIs.
+//! - [`http`]: the middleware stack every service router gets (request id, trace context,
+//!   body limit, timeout, metrics, problem+json fallbacks) and the ops routes
+//!   (`/healthz`, `/readyz`, `/metrics`).
+//! - [`metrics`]: the Prometheus registry.
+//! - [`telemetry`]: tracing subscriber setup for binaries.
+//! - [`nats`]: NATS connection options and ownership of the events stream.
+//! - [`auth`]: bearer JWT authentication and tenant isolation.
+//! - [`shutdown`]: SIGTERM / Ctrl-C handling and bounded graceful drain.
+
+pub mod auth;
+pub mod http;
+pub mod metrics;
+pub mod nats;
+pub mod problem;
+pub mod shutdown;
+pub mod telemetry;

@@ -1,0 +1,224 @@
+//! The domain model as a trait: users add aggregate types without touching the runtime.
+//!
+//! An aggregate type has a name, a state rebuilt by applying its events, and a decision
+//! function from (state, command) to new events or a typed domain error. Commands and events are
+//! serde enums, adjacently tagged:
+//!
+//! - commands as `#[serde(tag = "type", content = "payload", rename_all = "snake_case")]`,
+//!   matching the HTTP body `{"type": "deposit", "payload": {...}}`;
+//! - events as `#[serde(tag = "event_type", content = "payload", rename_all = "snake_case")]`,
+//!   matching the wire `Event`'s `event_type` and `payload` fields.
+//!
+//! The runtime works on type-erased aggregates ([`DynAggregate`]) so one registry can serve
+//! many types picked by the URL.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use shared::AggregateType;
+
+/// A domain rule was broken. `code` becomes the problem `type` slug (stable).
+pub trait DomainError: std::error::Error + Send + Sync + 'static {
+    /// Stable, kebab-case code, e.g. `insufficient-funds`.
+    fn code(&self) -> &'static str;
+}
+
+/// One aggregate type.
+pub trait Aggregate: Send + Sync + 'static {
+    /// The state rebuilt from events.
+    type State: Default + Clone + Serialize + Send + Sync + 'static;
+    /// Commands, adjacently tagged by `type` / `payload`.
+    type Command: DeserializeOwned;
+    /// Events, adjacently tagged by `event_type` / `payload`.
+    type Event: Serialize + DeserializeOwned;
+    /// Domain errors.
+    type Error: DomainError;
+
+    /// The aggregate type name, used in subjects and URLs.
+    fn aggregate_type(&self) -> AggregateType;
+    /// The command type names `Command` accepts (so an unknown one is a clear 400).
+    fn command_types(&self) -> &'static [&'static str];
+    /// Applies one event to the state.
+    fn apply(&self, state: &mut Self::State, event: Self::Event);
+    /// Decides which events a command produces, or why it is refused.
+    fn decide(
+        &self,
+        state: &Self::State,
+        command: Self::Command,
+    ) -> Result<Vec<Self::Event>, Self::Error>;
+}
+
+/// Type-erased state.
+pub type AnyState = Arc<dyn Any + Send + Sync>;
+
+/// Why a command was not decided.
+#[derive(Debug, thiserror::Error)]
+pub enum DecideError {
+    /// The command type is not one the aggregate knows.
+    #[error(
+        "unknown command type {given:?} for aggregate type {aggregate_type}; expected one of {expected:?}"
+    )]
+    UnknownCommand {
+        /// The aggregate type.
+        aggregate_type: AggregateType,
+        /// What was sent.
+        given: String,
+        /// What is accepted.
+        expected: &'static [&'static str],
+    },
+    /// The payload does not fit the command.
+    #[error("invalid payload for command {command:?}: {reason}")]
+    InvalidPayload {
+        /// Command type.
+        command: String,
+        /// The decoder's explanation.
+        reason: String,
+    },
+    /// A domain rule refused the command.
+    #[error("{message}")]
+    Domain {
+        /// Stable code.
+        code: &'static str,
+        /// Human-readable reason.
+        message: String,
+    },
+}
+
+/// An event that does not belong to this aggregate's event types.
+#[derive(Debug, thiserror::Error)]
+#[error("event type {event_type:?} cannot be applied: {reason}")]
+pub struct ApplyError {
+    /// The event type found.
+    pub event_type: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// An aggregate type behind dynamic dispatch, working on JSON.
+pub trait DynAggregate: Send + Sync + 'static {
+    /// Name.
+    fn aggregate_type(&self) -> AggregateType;
+    /// A fresh state.
+    fn initial(&self) -> AnyState;
+    /// Applies stored events to a copy of `state`.
+    fn apply_all<'a>(
+        &self,
+        state: &AnyState,
+        events: &mut dyn Iterator<Item = (&'a str, &'a Value)>,
+    ) -> Result<AnyState, ApplyError>;
+    /// Decides a command given as (type, payload); returns `(event_type, payload)` pairs.
+    fn decide(
+        &self,
+        state: &AnyState,
+        command_type: &str,
+        payload: Value,
+    ) -> Result<Vec<(String, Value)>, DecideError>;
+    /// The state as JSON (for `GET`).
+    fn state_json(&self, state: &AnyState) -> Value;
+}
+
+fn split_tagged(v: Value, tag: &str) -> Option<(String, Value)> {
+    let Value::Object(mut map) = v else {
+        return None;
+    };
+    let t = match map.remove(tag)? {
+        Value::String(s) => s,
+        _ => return None,
+    };
+    Some((
+        t,
+        map.remove("payload")
+            .unwrap_or(Value::Object(Default::default())),
+    ))
+}
+
+fn tagged(tag: &str, t: &str, payload: &Value) -> Value {
+    let mut map = serde_json::Map::with_capacity(2);
+    map.insert(tag.to_owned(), Value::String(t.to_owned()));
+    map.insert("payload".to_owned(), payload.clone());
+    Value::Object(map)
+}
+
+impl<A: Aggregate> DynAggregate for A {
+    fn aggregate_type(&self) -> AggregateType {
+        Aggregate::aggregate_type(self)
+    }
+
+    fn initial(&self) -> AnyState {
+        Arc::new(A::State::default())
+    }
+
+    fn apply_all<'a>(
+        &self,
+        state: &AnyState,
+        events: &mut dyn Iterator<Item = (&'a str, &'a Value)>,
+    ) -> Result<AnyState, ApplyError> {
+        let mut s: A::State = state
+            .downcast_ref::<A::State>()
+            .cloned()
+            .unwrap_or_default();
+        for (event_type, payload) in events {
+            let event: A::Event = serde_json::from_value(tagged("event_type", event_type, payload))
+                .map_err(|e| ApplyError {
+                    event_type: event_type.to_owned(),
+                    reason: e.to_string(),
+                })?;
+            self.apply(&mut s, event);
+        }
+        Ok(Arc::new(s))
+    }
+
+    fn decide(
+        &self,
+        state: &AnyState,
+        command_type: &str,
+        payload: Value,
+    ) -> Result<Vec<(String, Value)>, DecideError> {
+        if !self.command_types().contains(&command_type) {
+            return Err(DecideError::UnknownCommand {
+                aggregate_type: Aggregate::aggregate_type(self),
+                given: command_type.to_owned(),
+                expected: self.command_types(),
+            });
+        }
+        let payload = if payload.is_null() {
+            Value::Object(Default::default())
+        } else {
+            payload
+        };
+        let command: A::Command = serde_json::from_value(tagged("type", command_type, &payload))
+            .map_err(|e| DecideError::InvalidPayload {
+                command: command_type.to_owned(),
+                reason: e.to_string(),
+            })?;
+        let fallback = A::State::default();
+        let s = state.downcast_ref::<A::State>().unwrap_or(&fallback);
+        let events = A::decide(self, s, command).map_err(|e| DecideError::Domain {
+            code: e.code(),
+            message: e.to_string(),
+        })?;
+        events
+            .into_iter()
+            .map(|e| {
+                serde_json::to_value(e)
+                    .ok()
+                    .and_then(|v| split_tagged(v, "event_type"))
+                    .ok_or_else(|| DecideError::InvalidPayload {
+                        command: command_type.to_owned(),
+                        reason: "the aggregate produced an event that is not tagged by event_type"
+                            .to_owned(),
+                    })
+            })
+            .collect()
+    }
+
+    fn state_json(&self, state: &AnyState) -> Value {
+        state
+            .downcast_ref::<A::State>()
+            .and_then(|s| serde_json::to_value(s).ok())
+            .unwrap_or(Value::Null)
+    }
+}

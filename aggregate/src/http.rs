@@ -1,0 +1,219 @@
+//! The HTTP API of the write side.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use platform::http::{ApiJson, ApiQuery, RequestContext, parse_id};
+use platform::problem::Problem;
+use serde::Deserialize;
+use serde_json::json;
+use shared::{AggregateAddress, CommandId, Metadata, Version};
+
+use crate::domain::DecideError;
+use crate::runtime::{CommandError, CommandRequest, Runtime};
+use crate::store::{AppendError, LoadError};
+
+/// The body of `POST .../commands`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandBody {
+    /// Client-chosen id for idempotent retries.
+    #[serde(default)]
+    pub command_id: Option<CommandId>,
+    /// Command type.
+    #[serde(rename = "type")]
+    pub command_type: String,
+    /// Command body.
+    #[serde(default)]
+    pub payload: serde_json::Value,
+    /// Optimistic concurrency: the version the client last saw.
+    #[serde(default)]
+    pub expected_version: Option<Version>,
+    /// Extra metadata copied into the events (string values).
+    #[serde(default)]
+    pub metadata: Option<Metadata>,
+}
+
+/// Query of `GET .../events`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    /// First version to return (default 1).
+    #[serde(default)]
+    pub from_version: Option<u64>,
+}
+
+/// The API routes (no ops routes, no middleware: see [`crate::app`]).
+pub fn routes(runtime: Arc<Runtime>) -> Router {
+    Router::new()
+        .route(
+            "/v1/tenants/{tenant}/aggregates/{type}/{id}/commands",
+            post(command),
+        )
+        .route("/v1/tenants/{tenant}/aggregates/{type}/{id}", get(state))
+        .route(
+            "/v1/tenants/{tenant}/aggregates/{type}/{id}/events",
+            get(events),
+        )
+        .with_state(runtime)
+}
+
+fn address(
+    runtime: &Runtime,
+    (t, ty, id): &(String, String, String),
+) -> Result<AggregateAddress, Problem> {
+    let address = AggregateAddress::new(parse_id(t)?, parse_id(ty)?, parse_id(id)?);
+    runtime
+        .aggregate(&address.aggregate_type)
+        .map_err(problem)?;
+    Ok(address)
+}
+
+async fn command(
+    State(runtime): State<Arc<Runtime>>,
+    Path(ids): Path<(String, String, String)>,
+    ctx: RequestContext,
+    ApiJson(body): ApiJson<CommandBody>,
+) -> Result<Response, Problem> {
+    let address = address(&runtime, &ids)?;
+    let mut metadata = body.metadata.unwrap_or_default();
+    metadata.insert(
+        shared::TRACEPARENT_METADATA_KEY.to_owned(),
+        ctx.traceparent.clone(),
+    );
+    metadata.insert(
+        shared::REQUEST_ID_METADATA_KEY.to_owned(),
+        ctx.request_id.clone(),
+    );
+    let outcome = runtime
+        .handle(
+            &address,
+            CommandRequest {
+                command_id: body.command_id,
+                command_type: body.command_type,
+                payload: body.payload,
+                expected_version: body.expected_version,
+                metadata,
+            },
+        )
+        .await
+        .map_err(problem)?;
+    tracing::info!(
+        aggregate = %address,
+        version = outcome.version.get(),
+        position = outcome.position,
+        events = outcome.events.len(),
+        "command accepted"
+    );
+    Ok(axum::Json(outcome).into_response())
+}
+
+async fn state(
+    State(runtime): State<Arc<Runtime>>,
+    Path(ids): Path<(String, String, String)>,
+) -> Result<Response, Problem> {
+    let address = address(&runtime, &ids)?;
+    let loaded = runtime.load(&address).await.map_err(problem)?;
+    if loaded.version == Version::ZERO {
+        return Err(Problem::not_found(format!(
+            "aggregate {address} has no events"
+        )));
+    }
+    Ok(axum::Json(json!({
+        "state": runtime.state_json(&address, &loaded),
+        "version": loaded.version,
+        "position": loaded.last_seq,
+    }))
+    .into_response())
+}
+
+async fn events(
+    State(runtime): State<Arc<Runtime>>,
+    Path(ids): Path<(String, String, String)>,
+    ApiQuery(q): ApiQuery<EventsQuery>,
+) -> Result<Response, Problem> {
+    let address = address(&runtime, &ids)?;
+    let stored = runtime
+        .events(&address, Version(q.from_version.unwrap_or(1)))
+        .await
+        .map_err(problem)?;
+    let events: Vec<_> = stored
+        .into_iter()
+        .map(|s| json!({"position": s.seq, "event": s.event}))
+        .collect();
+    Ok(axum::Json(json!({ "events": events })).into_response())
+}
+
+/// Maps a runtime error to problem+json.
+pub fn problem(e: CommandError) -> Problem {
+    match e {
+        CommandError::UnknownAggregateType(t) => Problem::new(
+            StatusCode::BAD_REQUEST,
+            "unknown-aggregate-type",
+            "Unknown aggregate type",
+        )
+        .detail(format!("no aggregate type named {t} is registered")),
+        CommandError::Decide(DecideError::UnknownCommand { .. }) => Problem::new(
+            StatusCode::BAD_REQUEST,
+            "unknown-command-type",
+            "Unknown command type",
+        )
+        .detail(e.to_string()),
+        CommandError::Decide(DecideError::InvalidPayload { .. }) => Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-payload",
+            "Invalid command payload",
+        )
+        .detail(e.to_string()),
+        CommandError::Decide(DecideError::Domain { code, message }) => Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            code,
+            "Command refused by a domain rule",
+        )
+        .detail(message),
+        CommandError::VersionConflict { expected, current } => Problem::new(
+            StatusCode::CONFLICT,
+            "version-conflict",
+            "Expected version does not hold",
+        )
+        .detail(e.to_string())
+        .with("expected_version", expected)
+        .with("current_version", current),
+        CommandError::CommandIdReused(_) => Problem::new(
+            StatusCode::CONFLICT,
+            "command-id-reused",
+            "Command id reused with a different command",
+        )
+        .detail(e.to_string()),
+        CommandError::ConflictRetriesExhausted(_) => Problem::new(
+            StatusCode::CONFLICT,
+            "concurrency-conflict",
+            "Too many concurrent writers",
+        )
+        .detail(e.to_string())
+        .retry_after(1),
+        CommandError::Load(LoadError::Corrupt { .. }) => {
+            tracing::error!(error = %e, "corrupt aggregate history");
+            Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "corrupt-history",
+                "The aggregate's stored history is invalid",
+            )
+            .detail(e.to_string())
+        }
+        CommandError::Append(AppendError::AtomicUnsupported) => Problem::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "atomic-batch-unsupported",
+            "Multi-event commands need atomic batch publish",
+        )
+        .detail(e.to_string()),
+        CommandError::Load(_) | CommandError::Append(_) | CommandError::Idempotency(_) => {
+            tracing::warn!(error = %e, "NATS unavailable");
+            Problem::unavailable(e.to_string())
+        }
+    }
+}

@@ -1,0 +1,557 @@
+//! The command runtime: idempotency check, load (cache or stream), decide, conditional append,
+//! retry on conflict.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use shared::{AggregateAddress, AggregateType, CommandId, Event, EventId, Metadata, Version};
+use time::OffsetDateTime;
+
+use crate::domain::{AnyState, DecideError, DynAggregate};
+use crate::store::{AppendError, EventStore, LoadError, Stored};
+
+/// The KV bucket holding command outcomes for idempotent retries.
+pub const COMMANDS_BUCKET: &str = "AGGREGATE_COMMANDS";
+
+/// Runtime tuning.
+#[derive(Debug, Clone, Copy)]
+pub struct RuntimeSettings {
+    /// How many aggregates' states are cached in memory.
+    pub cache_capacity: usize,
+    /// How often a command is re-decided after losing a race before giving up (409).
+    pub conflict_retries: u32,
+    /// How long command outcomes are kept for idempotent retries.
+    pub idempotency_ttl: Duration,
+    /// Replicas of the idempotency bucket.
+    pub replicas: usize,
+}
+
+/// A command as the runtime receives it.
+#[derive(Debug, Clone)]
+pub struct CommandRequest {
+    /// Client-chosen id for idempotent retries; generated when absent.
+    pub command_id: Option<CommandId>,
+    /// Command type, e.g. `deposit`.
+    pub command_type: String,
+    /// Command body.
+    pub payload: Value,
+    /// Optimistic check: the version the client last saw.
+    pub expected_version: Option<Version>,
+    /// Metadata copied into every event (trace context, request id, correlation ids).
+    pub metadata: Metadata,
+}
+
+/// What a command did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Outcome {
+    /// The events appended (empty if the command changed nothing).
+    pub events: Vec<Event>,
+    /// The aggregate's version afterwards.
+    pub version: Version,
+    /// The stream sequence of the last event (for read-your-writes queries).
+    pub position: u64,
+}
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// No aggregate type of that name is registered.
+    #[error("unknown aggregate type {0}")]
+    UnknownAggregateType(AggregateType),
+    /// The command could not be decided (unknown type, bad payload, domain rule).
+    #[error(transparent)]
+    Decide(#[from] DecideError),
+    /// `expected_version` did not hold.
+    #[error("expected version {expected}, but the aggregate is at version {current}")]
+    VersionConflict {
+        /// What the client expected.
+        expected: Version,
+        /// What it is.
+        current: Version,
+    },
+    /// The command id was used before with a different command.
+    #[error("command id {0} was already used for a different command")]
+    CommandIdReused(CommandId),
+    /// Lost the race too many times.
+    #[error("the aggregate changed concurrently {0} times in a row; retry later")]
+    ConflictRetriesExhausted(u32),
+    /// Reading the history failed.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// Appending failed.
+    #[error(transparent)]
+    Append(#[from] AppendError),
+    /// The idempotency store failed.
+    #[error("idempotency store: {0}")]
+    Idempotency(String),
+}
+
+/// A loaded aggregate.
+#[derive(Clone)]
+pub struct Loaded {
+    /// State after its last event.
+    pub state: AnyState,
+    /// Number of events.
+    pub version: Version,
+    /// Stream sequence of the last event (0 if none).
+    pub last_seq: u64,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CommandLabels {
+    aggregate_type: String,
+    outcome: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LoadLabels {
+    source: String,
+}
+
+/// Stored in the idempotency bucket.
+#[derive(Serialize, Deserialize)]
+struct CommandRecord {
+    request_hash: String,
+    outcome: Outcome,
+}
+
+/// The runtime shared by all requests of one instance.
+pub struct Runtime {
+    store: EventStore,
+    aggregates: HashMap<AggregateType, Arc<dyn DynAggregate>>,
+    cache: quick_cache::sync::Cache<AggregateAddress, Loaded>,
+    commands: kv::Store,
+    settings: RuntimeSettings,
+    command_count: Family<CommandLabels, Counter>,
+    loads: Family<LoadLabels, Counter>,
+    conflicts: Counter,
+}
+
+impl Runtime {
+    /// Builds the runtime, creating the idempotency bucket if needed.
+    pub async fn new(
+        store: EventStore,
+        js: &jetstream::Context,
+        aggregates: Vec<Arc<dyn DynAggregate>>,
+        settings: RuntimeSettings,
+        metrics: &platform::metrics::Metrics,
+    ) -> Result<Self, async_nats::Error> {
+        let commands = match js.get_key_value(COMMANDS_BUCKET).await {
+            Ok(kv) => kv,
+            Err(_) => js
+                .create_key_value(kv::Config {
+                    bucket: COMMANDS_BUCKET.to_owned(),
+                    description: "Outcomes of commands, for idempotent retries".to_owned(),
+                    max_age: settings.idempotency_ttl,
+                    history: 1,
+                    num_replicas: settings.replicas,
+                    storage: jetstream::stream::StorageType::File,
+                    ..Default::default()
+                })
+                .await
+                .or(js.get_key_value(COMMANDS_BUCKET).await)?,
+        };
+        let rt = Runtime {
+            store,
+            aggregates: aggregates
+                .into_iter()
+                .map(|a| (a.aggregate_type(), a))
+                .collect(),
+            cache: quick_cache::sync::Cache::new(settings.cache_capacity.max(1)),
+            commands,
+            settings,
+            command_count: Family::default(),
+            loads: Family::default(),
+            conflicts: Counter::default(),
+        };
+        metrics.register(
+            "commands",
+            "Commands handled, by aggregate type and outcome",
+            rt.command_count.clone(),
+        );
+        metrics.register(
+            "aggregate_loads",
+            "Aggregate loads, by source (cache, stream)",
+            rt.loads.clone(),
+        );
+        metrics.register(
+            "append_conflicts",
+            "Appends that lost a race and were re-decided",
+            rt.conflicts.clone(),
+        );
+        Ok(rt)
+    }
+
+    /// The event store.
+    pub fn store(&self) -> &EventStore {
+        &self.store
+    }
+
+    /// The registered aggregate type, or an error.
+    pub fn aggregate(&self, ty: &AggregateType) -> Result<&Arc<dyn DynAggregate>, CommandError> {
+        self.aggregates
+            .get(ty)
+            .ok_or_else(|| CommandError::UnknownAggregateType(ty.clone()))
+    }
+
+    /// Handles one command: see the module docs.
+    #[tracing::instrument(skip_all, fields(aggregate = %address, command = %request.command_type))]
+    pub async fn handle(
+        &self,
+        address: &AggregateAddress,
+        request: CommandRequest,
+    ) -> Result<Outcome, CommandError> {
+        let result = self.handle_inner(address, request).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(CommandError::Decide(DecideError::Domain { .. })) => "rejected",
+            Err(CommandError::Decide(_) | CommandError::UnknownAggregateType(_)) => "invalid",
+            Err(
+                CommandError::VersionConflict { .. }
+                | CommandError::CommandIdReused(_)
+                | CommandError::ConflictRetriesExhausted(_),
+            ) => "conflict",
+            Err(_) => "error",
+        };
+        self.command_count
+            .get_or_create(&CommandLabels {
+                aggregate_type: address.aggregate_type.to_string(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+        result
+    }
+
+    async fn handle_inner(
+        &self,
+        address: &AggregateAddress,
+        request: CommandRequest,
+    ) -> Result<Outcome, CommandError> {
+        let aggregate = self.aggregate(&address.aggregate_type)?.clone();
+        let request_hash = request_hash(&request);
+        let key = |id: CommandId| {
+            format!(
+                "{}.{}.{}.{}",
+                address.tenant_id, address.aggregate_type, address.aggregate_id, id
+            )
+        };
+        // a client-chosen id may be a retry: answer with the recorded outcome
+        if let Some(id) = request.command_id {
+            match self.commands.get(key(id)).await {
+                Ok(Some(bytes)) => {
+                    if let Ok(record) = serde_json::from_slice::<CommandRecord>(&bytes) {
+                        if record.request_hash != request_hash {
+                            return Err(CommandError::CommandIdReused(id));
+                        }
+                        tracing::debug!(command_id = %id, "idempotent retry answered from the record");
+                        return Ok(record.outcome);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => return Err(CommandError::Idempotency(e.to_string())),
+            }
+        }
+        let command_id = request.command_id.unwrap_or_else(CommandId::new_random);
+        let look_for = request.command_id;
+
+        let (mut current, found) = match self.cache.get(address) {
+            Some(hit) => {
+                self.loads
+                    .get_or_create(&LoadLabels {
+                        source: "cache".into(),
+                    })
+                    .inc();
+                (hit, None)
+            }
+            None => {
+                self.loads
+                    .get_or_create(&LoadLabels {
+                        source: "stream".into(),
+                    })
+                    .inc();
+                let stored = self.store.read(address, 1).await?;
+                let found = look_for.and_then(|id| outcome_of(&stored, id));
+                (advance(&*aggregate, &fresh(&*aggregate), &stored)?, found)
+            }
+        };
+        if let Some(found) = found {
+            return Ok(found);
+        }
+
+        for attempt in 0..=self.settings.conflict_retries {
+            if let Some(expected) = request.expected_version
+                && expected != current.version
+            {
+                return Err(CommandError::VersionConflict {
+                    expected,
+                    current: current.version,
+                });
+            }
+            let decided = aggregate.decide(
+                &current.state,
+                &request.command_type,
+                request.payload.clone(),
+            )?;
+            if decided.is_empty() {
+                return Ok(Outcome {
+                    events: Vec::new(),
+                    version: current.version,
+                    position: current.last_seq,
+                });
+            }
+            let now = OffsetDateTime::now_utc();
+            let mut version = current.version;
+            let events: Vec<Event> = decided
+                .into_iter()
+                .map(|(event_type, payload)| {
+                    version = version.next();
+                    Event {
+                        event_id: EventId::new(),
+                        command_id,
+                        tenant_id: address.tenant_id.clone(),
+                        aggregate_type: address.aggregate_type.clone(),
+                        aggregate_id: address.aggregate_id.clone(),
+                        version,
+                        event_type,
+                        payload,
+                        occurred_at: now,
+                        metadata: (!request.metadata.is_empty()).then(|| request.metadata.clone()),
+                    }
+                })
+                .collect();
+            match self.store.append(address, current.last_seq, &events).await {
+                Ok(position) => {
+                    let state = aggregate
+                        .apply_all(
+                            &current.state,
+                            &mut events.iter().map(|e| (e.event_type.as_str(), &e.payload)),
+                        )
+                        .map_err(|e| {
+                            CommandError::Load(LoadError::Corrupt {
+                                seq: position,
+                                subject: address.subject(),
+                                reason: e.to_string(),
+                            })
+                        })?;
+                    self.cache.insert(
+                        address.clone(),
+                        Loaded {
+                            state,
+                            version,
+                            last_seq: position,
+                        },
+                    );
+                    let outcome = Outcome {
+                        events,
+                        version,
+                        position,
+                    };
+                    if let Some(id) = request.command_id {
+                        self.record(key(id), &request_hash, &outcome).await;
+                    }
+                    return Ok(outcome);
+                }
+                Err(AppendError::Conflict) => {
+                    self.conflicts.inc();
+                    tracing::debug!(attempt, "append conflict; reloading the tail");
+                    let tail = self.store.read(address, current.last_seq + 1).await?;
+                    if let Some(found) = look_for.and_then(|id| outcome_of(&tail, id)) {
+                        return Ok(found);
+                    }
+                    current = advance(&*aggregate, &current, &tail)?;
+                    self.cache.insert(address.clone(), current.clone());
+                    // jitter so racing writers do not collide again in lockstep
+                    let ms = rand::random_range(0..=(1u64 << attempt.min(6)));
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                }
+                Err(e) => {
+                    // the outcome is unknown: forget the cached state
+                    self.cache.remove(address);
+                    return Err(e.into());
+                }
+            }
+        }
+        Err(CommandError::ConflictRetriesExhausted(
+            self.settings.conflict_retries + 1,
+        ))
+    }
+
+    async fn record(&self, key: String, request_hash: &str, outcome: &Outcome) {
+        let record = CommandRecord {
+            request_hash: request_hash.to_owned(),
+            outcome: outcome.clone(),
+        };
+        let Ok(bytes) = serde_json::to_vec(&record) else {
+            return;
+        };
+        for attempt in 0..3 {
+            match self.commands.put(&key, bytes.clone().into()).await {
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::warn!(attempt, error = %e, "could not record the command outcome");
+                    tokio::time::sleep(Duration::from_millis(20 << attempt)).await;
+                }
+            }
+        }
+        // a retry is still recognised by its events in the aggregate's history on a cold load
+        // or a conflicting append; only a warm cache could miss it, so drop that.
+        tracing::error!(key, "command outcome not recorded");
+    }
+
+    /// The aggregate's current state (cache plus the tail from the stream, so it is fresh).
+    pub async fn load(&self, address: &AggregateAddress) -> Result<Loaded, CommandError> {
+        let aggregate = self.aggregate(&address.aggregate_type)?.clone();
+        let base = self
+            .cache
+            .get(address)
+            .unwrap_or_else(|| fresh(&*aggregate));
+        let tail = self.store.read(address, base.last_seq + 1).await?;
+        let loaded = advance(&*aggregate, &base, &tail)?;
+        if loaded.version > Version::ZERO {
+            self.cache.insert(address.clone(), loaded.clone());
+        }
+        Ok(loaded)
+    }
+
+    /// The state as JSON.
+    pub fn state_json(&self, address: &AggregateAddress, loaded: &Loaded) -> Value {
+        self.aggregates
+            .get(&address.aggregate_type)
+            .map_or(Value::Null, |a| a.state_json(&loaded.state))
+    }
+
+    /// The aggregate's events from `from_version` on, in order.
+    pub async fn events(
+        &self,
+        address: &AggregateAddress,
+        from_version: Version,
+    ) -> Result<Vec<Stored>, CommandError> {
+        self.aggregate(&address.aggregate_type)?;
+        let all = self.store.read(address, 1).await?;
+        Ok(all
+            .into_iter()
+            .filter(|s| s.event.version >= from_version)
+            .collect())
+    }
+}
+
+fn fresh(aggregate: &dyn DynAggregate) -> Loaded {
+    Loaded {
+        state: aggregate.initial(),
+        version: Version::ZERO,
+        last_seq: 0,
+    }
+}
+
+/// Applies stored events on top of a loaded state.
+fn advance(
+    aggregate: &dyn DynAggregate,
+    base: &Loaded,
+    stored: &[Stored],
+) -> Result<Loaded, CommandError> {
+    let Some(last) = stored.last() else {
+        return Ok(base.clone());
+    };
+    if let Some(first) = stored.first()
+        && first.event.version != base.version.next()
+    {
+        return Err(LoadError::Corrupt {
+            seq: first.seq,
+            subject: first.event.address().subject(),
+            reason: format!(
+                "version {} does not follow {}",
+                first.event.version, base.version
+            ),
+        }
+        .into());
+    }
+    let state = aggregate
+        .apply_all(
+            &base.state,
+            &mut stored
+                .iter()
+                .map(|s| (s.event.event_type.as_str(), &s.event.payload)),
+        )
+        .map_err(|e| LoadError::Corrupt {
+            seq: last.seq,
+            subject: last.event.address().subject(),
+            reason: e.to_string(),
+        })?;
+    Ok(Loaded {
+        state,
+        version: last.event.version,
+        last_seq: last.seq,
+    })
+}
+
+/// The outcome of command `id` if its events are among `stored`.
+fn outcome_of(stored: &[Stored], id: CommandId) -> Option<Outcome> {
+    let mine: Vec<&Stored> = stored.iter().filter(|s| s.event.command_id == id).collect();
+    let last = mine.last()?;
+    Some(Outcome {
+        version: last.event.version,
+        position: last.seq,
+        events: mine.iter().map(|s| s.event.clone()).collect(),
+    })
+}
+
+/// A hash of what makes two commands "the same": type, payload (key order ignored) and the
+/// expected version.
+fn request_hash(request: &CommandRequest) -> String {
+    fn canonical(v: &Value) -> Value {
+        match v {
+            Value::Object(m) => {
+                let sorted: BTreeMap<&String, Value> =
+                    m.iter().map(|(k, v)| (k, canonical(v))).collect();
+                serde_json::to_value(sorted).unwrap_or(Value::Null)
+            }
+            Value::Array(a) => Value::Array(a.iter().map(canonical).collect()),
+            other => other.clone(),
+        }
+    }
+    let payload = if request.payload.is_null() {
+        Value::Object(Default::default())
+    } else {
+        canonical(&request.payload)
+    };
+    let doc = serde_json::json!([request.command_type, payload, request.expected_version]);
+    let digest = Sha256::digest(doc.to_string().as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn req(payload: Value) -> CommandRequest {
+        CommandRequest {
+            command_id: None,
+            command_type: "deposit".into(),
+            payload,
+            expected_version: None,
+            metadata: Metadata::new(),
+        }
+    }
+
+    #[test]
+    fn request_hash_ignores_key_order_but_not_values() {
+        let a = request_hash(&req(json!({"amount": 5, "note": {"x": 1, "y": 2}})));
+        let b = request_hash(&req(json!({"note": {"y": 2, "x": 1}, "amount": 5})));
+        let c = request_hash(&req(json!({"amount": 6, "note": {"x": 1, "y": 2}})));
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(
+            request_hash(&req(Value::Null)),
+            request_hash(&req(json!({})))
+        );
+    }
+}

@@ -1,0 +1,501 @@
+//! Reading and appending an aggregate's events in `AGGREGATE_EVENTS`.
+//!
+//! Reads: batch direct get (ADR-31, one request, the server streams up to `batch` messages of
+//! one subject) for short histories, and a unique ephemeral pull consumer for long ones (the
+//! `Auto` strategy switches after the first direct batch when many events remain). Appends:
+//! one checked publish per event (`Nats-Expected-Last-Subject-Sequence`), or an ADR-50 atomic
+//! batch for commands that produce several events.
+
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, consumer, context::PublishErrorKind};
+use bytes::Bytes;
+use futures::StreamExt;
+use shared::{AggregateAddress, Event, STREAM_NAME};
+
+/// How an aggregate's history is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LoadStrategy {
+    /// Batch direct get first; a consumer for the rest when many events remain.
+    Auto,
+    /// Batch direct get only.
+    Direct,
+    /// An ephemeral consumer only.
+    Consumer,
+}
+
+/// Read limits.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadSettings {
+    /// Strategy.
+    pub strategy: LoadStrategy,
+    /// Messages per direct get request.
+    pub direct_batch: usize,
+    /// In `Auto`, switch to a consumer when more than this many events remain after the first
+    /// direct batch.
+    pub consumer_threshold: u64,
+    /// Overall bound of one read.
+    pub deadline: Duration,
+    /// Bound of the wait for the next message.
+    pub idle_timeout: Duration,
+}
+
+impl LoadSettings {
+    /// Settings measured to be good on one node (see BENCHMARKS.md).
+    pub fn recommended() -> Self {
+        LoadSettings {
+            strategy: LoadStrategy::Auto,
+            direct_batch: 1024,
+            consumer_threshold: 2048,
+            deadline: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// A stored event and its stream sequence.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    /// The event.
+    pub event: Event,
+    /// Its stream sequence.
+    pub seq: u64,
+}
+
+/// Why a read failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The read did not finish within the deadline, or the server went quiet.
+    #[error("reading {address} timed out after {elapsed:?} ({read} events read)")]
+    Timeout {
+        /// Which aggregate.
+        address: String,
+        /// How long it ran.
+        elapsed: Duration,
+        /// Events read before giving up.
+        read: usize,
+    },
+    /// A stored message is not a valid event of this aggregate. Never skipped.
+    #[error("stream sequence {seq} on {subject} is not a valid event of this aggregate: {reason}")]
+    Corrupt {
+        /// Sequence of the bad message.
+        seq: u64,
+        /// Its subject.
+        subject: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// NATS failed.
+    #[error("reading events failed: {0}")]
+    Nats(String),
+}
+
+/// Why an append failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    /// Another writer appended first (the expected last sequence did not hold).
+    #[error("another writer appended first")]
+    Conflict,
+    /// The stream does not support atomic batches, so a multi-event command is refused.
+    #[error(
+        "this stream does not support atomic batch publish (nats-server >= 2.12 with allow_atomic); multi-event commands are refused"
+    )]
+    AtomicUnsupported,
+    /// NATS failed or timed out; the outcome is unknown (a retry with the same command id is safe).
+    #[error("append failed: {0}")]
+    Nats(String),
+}
+
+/// The event store on one JetStream context.
+#[derive(Clone)]
+pub struct EventStore {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    settings: LoadSettings,
+    atomic: bool,
+}
+
+impl EventStore {
+    /// A store; `atomic` says whether the stream allows atomic batches.
+    pub fn new(client: async_nats::Client, settings: LoadSettings, atomic: bool) -> Self {
+        let js = jetstream::new(client.clone());
+        EventStore {
+            client,
+            js,
+            settings,
+            atomic,
+        }
+    }
+
+    /// The read settings.
+    pub fn settings(&self) -> LoadSettings {
+        self.settings
+    }
+
+    /// Reads the aggregate's events with stream sequence >= `from_seq`, in order, with the
+    /// configured strategy, bounded by the deadline.
+    #[tracing::instrument(skip_all, fields(subject = %address.subject(), from_seq))]
+    pub async fn read(
+        &self,
+        address: &AggregateAddress,
+        from_seq: u64,
+    ) -> Result<Vec<Stored>, LoadError> {
+        self.read_with(address, from_seq, self.settings.strategy)
+            .await
+    }
+
+    /// Like [`EventStore::read`] with an explicit strategy.
+    pub async fn read_with(
+        &self,
+        address: &AggregateAddress,
+        from_seq: u64,
+        strategy: LoadStrategy,
+    ) -> Result<Vec<Stored>, LoadError> {
+        let started = Instant::now();
+        let mut out = Vec::new();
+        let work = async {
+            match strategy {
+                LoadStrategy::Consumer => self.read_consumer(address, from_seq, &mut out).await,
+                LoadStrategy::Direct => {
+                    let mut next = from_seq.max(1);
+                    loop {
+                        let pending = self.read_direct(address, next, &mut out).await?;
+                        match (pending, out.last()) {
+                            (0, _) | (_, None) => return Ok(()),
+                            (_, Some(last)) => next = last.seq + 1,
+                        }
+                    }
+                }
+                LoadStrategy::Auto => {
+                    let mut next = from_seq.max(1);
+                    loop {
+                        let pending = self.read_direct(address, next, &mut out).await?;
+                        let Some(last) = out.last() else {
+                            return Ok(());
+                        };
+                        next = last.seq + 1;
+                        if pending == 0 {
+                            return Ok(());
+                        }
+                        if pending > self.settings.consumer_threshold {
+                            return self.read_consumer(address, next, &mut out).await;
+                        }
+                    }
+                }
+            }
+        };
+        match tokio::time::timeout(self.settings.deadline, work).await {
+            Ok(Ok(())) => Ok(out),
+            Ok(Err(LoadError::Timeout { .. })) | Err(_) => Err(LoadError::Timeout {
+                address: address.to_string(),
+                elapsed: started.elapsed(),
+                read: out.len(),
+            }),
+            Ok(Err(e)) => Err(e),
+        }
+    }
+
+    /// One batch direct get (ADR-31) from `from_seq`; appends to `out` and returns how many
+    /// matching messages remain after the batch.
+    async fn read_direct(
+        &self,
+        address: &AggregateAddress,
+        from_seq: u64,
+        out: &mut Vec<Stored>,
+    ) -> Result<u64, LoadError> {
+        let subject = address.subject();
+        let inbox = self.client.new_inbox();
+        let mut sub = self
+            .client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|e| LoadError::Nats(e.to_string()))?;
+        let request = serde_json::json!({
+            "seq": from_seq,
+            "next_by_subj": subject,
+            "batch": self.settings.direct_batch,
+        });
+        self.client
+            .publish_with_reply(
+                format!("$JS.API.DIRECT.GET.{STREAM_NAME}"),
+                inbox,
+                Bytes::from(request.to_string()),
+            )
+            .await
+            .map_err(|e| LoadError::Nats(e.to_string()))?;
+        let mut expected_version = out.last().map_or(0, |s| s.event.version.get());
+        loop {
+            let msg = match tokio::time::timeout(self.settings.idle_timeout, sub.next()).await {
+                Ok(Some(m)) => m,
+                Ok(None) => return Err(LoadError::Nats("subscription closed".into())),
+                Err(_) => {
+                    return Err(LoadError::Timeout {
+                        address: address.to_string(),
+                        elapsed: self.settings.idle_timeout,
+                        read: out.len(),
+                    });
+                }
+            };
+            let header = |name: &str| {
+                msg.headers
+                    .as_ref()
+                    .and_then(|h| h.get(name))
+                    .map(|v| v.as_str().to_owned())
+            };
+            if let Some(status) = msg.status {
+                // 204 EOB ends a batch; 404 means nothing (more) on this subject
+                return match status.as_u16() {
+                    204 => Ok(header("Nats-Num-Pending")
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0)),
+                    404 => Ok(0),
+                    408 => Err(LoadError::Timeout {
+                        address: address.to_string(),
+                        elapsed: self.settings.idle_timeout,
+                        read: out.len(),
+                    }),
+                    other => Err(LoadError::Nats(format!(
+                        "direct get answered {other} {}",
+                        msg.description.as_deref().unwrap_or("")
+                    ))),
+                };
+            }
+            let seq: u64 = header("Nats-Sequence")
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| LoadError::Nats("direct get reply without Nats-Sequence".into()))?;
+            let stored_subject = header("Nats-Subject").unwrap_or_default();
+            let event = decode(
+                address,
+                &stored_subject,
+                seq,
+                &msg.payload,
+                expected_version,
+            )?;
+            expected_version = event.version.get();
+            out.push(Stored { event, seq });
+        }
+    }
+
+    /// Reads with a unique ephemeral consumer, deleted afterwards (also on error or when the
+    /// future is dropped), with `inactive_threshold` as the server-side backstop.
+    async fn read_consumer(
+        &self,
+        address: &AggregateAddress,
+        from_seq: u64,
+        out: &mut Vec<Stored>,
+    ) -> Result<(), LoadError> {
+        let nats = |e: &dyn std::fmt::Display| LoadError::Nats(e.to_string());
+        let name = shared::ephemeral_fetch_consumer_name(address);
+        let config = consumer::pull::Config {
+            name: Some(name.clone()),
+            filter_subject: address.subject(),
+            ack_policy: consumer::AckPolicy::Explicit,
+            deliver_policy: if from_seq <= 1 {
+                consumer::DeliverPolicy::All
+            } else {
+                consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: from_seq,
+                }
+            },
+            inactive_threshold: Duration::from_secs(30),
+            memory_storage: true,
+            num_replicas: 1,
+            max_ack_pending: -1,
+            ..Default::default()
+        };
+        let created: consumer::PullConsumer = self
+            .js
+            .create_consumer_strict_on_stream(config, STREAM_NAME)
+            .await
+            .map_err(|e| nats(&e))?;
+        // from here on the consumer is deleted whatever happens, drop included
+        let _guard = DeleteOnDrop {
+            js: self.js.clone(),
+            name,
+        };
+        let mut remaining = created.cached_info().num_pending;
+        let mut expected_version = out.last().map_or(0, |s| s.event.version.get());
+        while remaining > 0 {
+            let batch = remaining.min(10_000) as usize;
+            let mut messages = created
+                .fetch()
+                .max_messages(batch)
+                .expires(self.settings.idle_timeout)
+                .messages()
+                .await
+                .map_err(|e| nats(&e))?;
+            let mut got = 0usize;
+            while let Some(msg) = messages.next().await {
+                let msg = msg.map_err(|e| nats(&e))?;
+                let info = msg.info().map_err(|e| nats(&e))?;
+                let seq = info.stream_sequence;
+                let event = decode(
+                    address,
+                    msg.subject.as_str(),
+                    seq,
+                    &msg.payload,
+                    expected_version,
+                )?;
+                expected_version = event.version.get();
+                out.push(Stored { event, seq });
+                got += 1;
+            }
+            if got == 0 {
+                return Err(LoadError::Timeout {
+                    address: address.to_string(),
+                    elapsed: self.settings.idle_timeout,
+                    read: out.len(),
+                });
+            }
+            remaining = remaining.saturating_sub(got as u64);
+        }
+        Ok(())
+    }
+
+    /// Appends `events` after `expected_last_seq` (0 for a new aggregate); returns the stream
+    /// sequence of the last one. One event: one checked publish. Several: one ADR-50 atomic
+    /// batch, all or nothing.
+    #[tracing::instrument(skip_all, fields(subject = %address.subject(), expected_last_seq, events = events.len()))]
+    pub async fn append(
+        &self,
+        address: &AggregateAddress,
+        expected_last_seq: u64,
+        events: &[Event],
+    ) -> Result<u64, AppendError> {
+        let subject = address.subject();
+        let headers_for = |event: &Event| -> Result<(HeaderMap, Bytes), AppendError> {
+            let mut h = HeaderMap::new();
+            h.insert(shared::NATS_MSG_ID, event.event_id.to_string().as_str());
+            h.insert(shared::EVENT_TYPE_HEADER, event.event_type.as_str());
+            h.insert(
+                shared::COMMAND_ID_HEADER,
+                event.command_id.to_string().as_str(),
+            );
+            if let Some(tp) = event
+                .metadata
+                .as_ref()
+                .and_then(|m| m.get(shared::TRACEPARENT_METADATA_KEY))
+            {
+                h.insert(shared::TRACEPARENT_HEADER, tp.as_str());
+            }
+            let body = serde_json::to_vec(event).map_err(|e| AppendError::Nats(e.to_string()))?;
+            Ok((h, Bytes::from(body)))
+        };
+        let publish_err = |e: jetstream::context::PublishError| match e.kind() {
+            PublishErrorKind::WrongLastSequence => AppendError::Conflict,
+            _ => AppendError::Nats(e.to_string()),
+        };
+        match events {
+            [] => Ok(expected_last_seq),
+            [event] => {
+                let (mut h, body) = headers_for(event)?;
+                h.insert(
+                    shared::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+                    expected_last_seq.to_string().as_str(),
+                );
+                let ack = self
+                    .js
+                    .publish_with_headers(subject, h, body)
+                    .await
+                    .map_err(publish_err)?
+                    .await
+                    .map_err(publish_err)?;
+                Ok(ack.sequence)
+            }
+            many => {
+                if !self.atomic {
+                    return Err(AppendError::AtomicUnsupported);
+                }
+                let batch_id = uuid::Uuid::new_v4().simple().to_string();
+                let n = many.len();
+                for (i, event) in many.iter().enumerate() {
+                    let (mut h, body) = headers_for(event)?;
+                    h.insert(shared::NATS_BATCH_ID, batch_id.as_str());
+                    h.insert(shared::NATS_BATCH_SEQUENCE, (i + 1).to_string().as_str());
+                    if i == 0 {
+                        h.insert(
+                            shared::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+                            expected_last_seq.to_string().as_str(),
+                        );
+                    }
+                    if i + 1 < n {
+                        self.client
+                            .publish_with_headers(subject.clone(), h, body)
+                            .await
+                            .map_err(|e| AppendError::Nats(e.to_string()))?;
+                    } else {
+                        h.insert(shared::NATS_BATCH_COMMIT, "1");
+                        let ack = self
+                            .js
+                            .publish_with_headers(subject.clone(), h, body)
+                            .await
+                            .map_err(publish_err)?
+                            .await
+                            .map_err(|e| match e.kind() {
+                                PublishErrorKind::WrongLastSequence => AppendError::Conflict,
+                                _ if e.to_string().contains("wrong last sequence") => {
+                                    AppendError::Conflict
+                                }
+                                _ => AppendError::Nats(e.to_string()),
+                            })?;
+                        return Ok(ack.sequence);
+                    }
+                }
+                Err(AppendError::Nats("empty batch".into()))
+            }
+        }
+    }
+}
+
+/// Deletes an ephemeral consumer when dropped: after success, after an error, and when the
+/// reading future is cancelled. Best effort; `inactive_threshold` is the backstop.
+struct DeleteOnDrop {
+    js: jetstream::Context,
+    name: String,
+}
+
+impl Drop for DeleteOnDrop {
+    fn drop(&mut self) {
+        let js = self.js.clone();
+        let name = std::mem::take(&mut self.name);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = js.delete_consumer_from_stream(&name, STREAM_NAME).await {
+                    tracing::debug!(consumer = %name, error = %e, "could not delete fetch consumer; inactive_threshold will");
+                }
+            });
+        }
+    }
+}
+
+/// Decodes one stored message as the next event of `address`: the subject, the ids in the
+/// body and the version (contiguous) must all agree. Anything else is `Corrupt`, never skipped.
+fn decode(
+    address: &AggregateAddress,
+    subject: &str,
+    seq: u64,
+    payload: &[u8],
+    previous_version: u64,
+) -> Result<Event, LoadError> {
+    let corrupt = |reason: String| LoadError::Corrupt {
+        seq,
+        subject: subject.to_owned(),
+        reason,
+    };
+    let event: Event = serde_json::from_slice(payload).map_err(|e| corrupt(e.to_string()))?;
+    if event.address() != *address {
+        return Err(corrupt(format!(
+            "body names aggregate {}, subject is {}",
+            event.address(),
+            address
+        )));
+    }
+    if event.version.get() != previous_version + 1 {
+        return Err(corrupt(format!(
+            "version {} does not follow {}",
+            event.version, previous_version
+        )));
+    }
+    Ok(event)
+}

@@ -1,0 +1,225 @@
+//! NATS connection options and ownership of the events stream, the same for both services.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+use shared::{Retention, Storage, StreamSpec};
+
+/// How to reach NATS. Every field comes from a flag or its environment variable.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NatsArgs {
+    /// NATS server URL(s), comma-separated for a cluster.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// A NATS credentials (.creds) file.
+    #[arg(long, env = "NATS_CREDS")]
+    pub nats_creds: Option<PathBuf>,
+    /// User name for user/password authentication.
+    #[arg(long, env = "NATS_USER", requires = "nats_password")]
+    pub nats_user: Option<String>,
+    /// Password for user/password authentication.
+    #[arg(long, env = "NATS_PASSWORD", hide_env_values = true)]
+    pub nats_password: Option<String>,
+    /// A PEM file of CA certificates to trust for TLS (enables TLS).
+    #[arg(long, env = "NATS_TLS_CA")]
+    pub nats_tls_ca: Option<PathBuf>,
+    /// Replicas of the events stream when this service creates it (3 on a 3-node cluster).
+    #[arg(long, env = "STREAM_REPLICAS", default_value_t = 1)]
+    pub stream_replicas: usize,
+}
+
+/// Why the events stream cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// The stream exists with a configuration we cannot work with; we never rewrite it.
+    #[error(
+        "stream {name} exists with an incompatible configuration ({}); refusing to start. \
+         Fix or remove the stream, or point this service at another NATS account",
+        .differences.join("; ")
+    )]
+    Incompatible {
+        /// The stream name.
+        name: String,
+        /// One entry per difference, e.g. `subjects: expected [..], found [..]`.
+        differences: Vec<String>,
+    },
+    /// The server could not be asked.
+    #[error("cannot read or create stream {name}: {source}")]
+    Nats {
+        /// The stream name.
+        name: String,
+        /// The client error.
+        source: async_nats::Error,
+    },
+}
+
+/// Connects with reconnect-forever and back-off; the connection name is
+/// `<service>-<instance>`, so `nats server report connections` shows who is who.
+pub async fn connect(
+    args: &NatsArgs,
+    service: &str,
+    instance: &str,
+) -> Result<async_nats::Client, async_nats::Error> {
+    let mut opts = async_nats::ConnectOptions::new()
+        .name(format!("{service}-{instance}"))
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(5))
+        .reconnect_delay_callback(|attempt| {
+            // 50 ms doubling to 5 s, with jitter so instances do not reconnect in lockstep
+            let base = 50u64.saturating_mul(1 << attempt.min(7)).min(5_000);
+            Duration::from_millis(base / 2 + rand::random_range(0..=base / 2))
+        })
+        .event_callback(move |event| async move {
+            match event {
+                async_nats::Event::Connected => tracing::info!("nats connected"),
+                async_nats::Event::Disconnected => tracing::warn!("nats disconnected"),
+                other => tracing::info!(event = %other, "nats event"),
+            }
+        });
+    if let Some(creds) = &args.nats_creds {
+        opts = opts.credentials_file(creds).await?;
+    }
+    if let (Some(user), Some(pass)) = (&args.nats_user, &args.nats_password) {
+        opts = opts.user_and_password(user.clone(), pass.clone());
+    }
+    if let Some(ca) = &args.nats_tls_ca {
+        opts = opts.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    let urls: Vec<&str> = args.nats_url.split(',').map(str::trim).collect();
+    Ok(opts.connect(urls).await?)
+}
+
+/// Whether the client is connected right now (readiness).
+pub fn is_connected(client: &async_nats::Client) -> bool {
+    client.connection_state() == async_nats::connection::State::Connected
+}
+
+/// The client configuration for a [`StreamSpec`].
+pub fn stream_config(spec: &StreamSpec) -> stream::Config {
+    stream::Config {
+        name: spec.name.to_owned(),
+        subjects: spec.subjects.clone(),
+        retention: match spec.retention {
+            Retention::Limits => stream::RetentionPolicy::Limits,
+        },
+        storage: match spec.storage {
+            Storage::File => stream::StorageType::File,
+            Storage::Memory => stream::StorageType::Memory,
+        },
+        num_replicas: spec.replicas,
+        duplicate_window: spec.duplicate_window,
+        allow_direct: spec.allow_direct,
+        allow_atomic_publish: spec.allow_atomic,
+        deny_delete: spec.deny_delete,
+        discard: stream::DiscardPolicy::New,
+        description: Some("Event store: one subject per aggregate".to_owned()),
+        ..Default::default()
+    }
+}
+
+/// What differs between the stream we need and the one the server has, in words. Replicas,
+/// limits and the description are operator choices and are not compared.
+pub fn incompatibilities(spec: &StreamSpec, found: &stream::Config) -> Vec<String> {
+    let want = stream_config(spec);
+    let mut diffs = Vec::new();
+    let mut check = |what: &str, ok: bool, expected: String, actual: String| {
+        if !ok {
+            diffs.push(format!("{what}: expected {expected}, found {actual}"));
+        }
+    };
+    let mut found_subjects = found.subjects.clone();
+    found_subjects.sort();
+    check(
+        "subjects",
+        found_subjects == want.subjects,
+        format!("{:?}", want.subjects),
+        format!("{:?}", found.subjects),
+    );
+    check(
+        "retention",
+        found.retention == want.retention,
+        format!("{:?}", want.retention),
+        format!("{:?}", found.retention),
+    );
+    check(
+        "allow_direct",
+        found.allow_direct,
+        "true".into(),
+        found.allow_direct.to_string(),
+    );
+    check(
+        "max_msgs_per_subject",
+        found.max_messages_per_subject <= 0,
+        "unlimited".into(),
+        found.max_messages_per_subject.to_string(),
+    );
+    check(
+        "max_age",
+        found.max_age.is_zero(),
+        "unlimited".into(),
+        format!("{:?}", found.max_age),
+    );
+    check(
+        "discard",
+        found.discard == stream::DiscardPolicy::New,
+        "New (never drop old events)".into(),
+        format!("{:?}", found.discard),
+    );
+    diffs
+}
+
+/// Makes sure the events stream exists and is compatible: creates it from the shared
+/// definition when missing, accepts it when compatible, and refuses (never rewrites) it
+/// otherwise. Returns whether the stream allows atomic batch publish.
+pub async fn ensure_stream(
+    js: &jetstream::Context,
+    spec: &StreamSpec,
+) -> Result<stream::Info, StreamError> {
+    let nats_err = |source: async_nats::Error| StreamError::Nats {
+        name: spec.name.to_owned(),
+        source,
+    };
+    let info = match js.get_stream(spec.name).await {
+        Ok(mut s) => s.info().await.map_err(|e| nats_err(e.into()))?.clone(),
+        Err(e)
+            if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(ref j)
+                if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+        {
+            match js.create_stream(stream_config(spec)).await {
+                Ok(mut s) => {
+                    tracing::info!(
+                        stream = spec.name,
+                        replicas = spec.replicas,
+                        "created stream"
+                    );
+                    s.info().await.map_err(|e| nats_err(e.into()))?.clone()
+                }
+                Err(create_err) => {
+                    // another instance may have created it in between
+                    let mut s = js
+                        .get_stream(spec.name)
+                        .await
+                        .map_err(|_| nats_err(create_err.into()))?;
+                    s.info().await.map_err(|e| nats_err(e.into()))?.clone()
+                }
+            }
+        }
+        Err(e) => return Err(nats_err(e.into())),
+    };
+    let differences = incompatibilities(spec, &info.config);
+    if !differences.is_empty() {
+        return Err(StreamError::Incompatible {
+            name: spec.name.to_owned(),
+            differences,
+        });
+    }
+    if !info.config.allow_atomic_publish {
+        tracing::warn!(
+            stream = spec.name,
+            "stream does not allow atomic batch publish: multi-event commands will be refused"
+        );
+    }
+    Ok(info)
+}

@@ -88,6 +88,10 @@
   actual = lib.attrNames checks;
   missing = lib.subtractLists actual expected;
   extra = lib.subtractLists expected actual;
+  show = names:
+    if names == []
+    then "(none)"
+    else toString names;
 in
   if lib.unique expected != expected
   then throw "nix/gate.txt names a check more than once: ${toString expected}"
@@ -95,6 +99,6 @@ in
   then
     throw ''
       nix/checks.nix and nix/gate.txt disagree about the gate.
-        in gate.txt but not a check: ${toString missing}
-        a check but not in gate.txt: ${toString extra}''
+        in gate.txt but not a check: ${show missing}
+        a check but not in gate.txt: ${show extra}''
   else checks

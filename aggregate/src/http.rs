@@ -67,6 +67,9 @@ fn address(
     (t, ty, id): &(String, String, String),
 ) -> Result<AggregateAddress, Problem> {
     let address = AggregateAddress::new(parse_id(t)?, parse_id(ty)?, parse_id(id)?);
+    if !runtime.store().is_connected() {
+        return Err(Problem::unavailable("not connected to NATS"));
+    }
     runtime
         .aggregate(&address.aggregate_type)
         .map_err(problem)?;

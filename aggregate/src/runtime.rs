@@ -133,7 +133,12 @@ pub struct Runtime {
     command_count: Family<CommandLabels, Counter>,
     loads: Family<LoadLabels, Counter>,
     conflicts: Counter,
+    /// Commands on one aggregate are serialised within an instance (striped by address), so
+    /// races only happen between instances.
+    stripes: Vec<tokio::sync::Mutex<()>>,
 }
+
+const STRIPES: usize = 4096;
 
 impl Runtime {
     /// Builds the runtime, creating the idempotency bucket if needed.
@@ -171,6 +176,7 @@ impl Runtime {
             command_count: Family::default(),
             loads: Family::default(),
             conflicts: Counter::default(),
+            stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
         };
         metrics.register(
             "commands",
@@ -209,7 +215,14 @@ impl Runtime {
         address: &AggregateAddress,
         request: CommandRequest,
     ) -> Result<Outcome, CommandError> {
-        let result = self.handle_inner(address, request).await;
+        let stripe = {
+            use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+            BuildHasherDefault::<DefaultHasher>::default().hash_one(address) as usize % STRIPES
+        };
+        let result = {
+            let _serialised = self.stripes[stripe].lock().await;
+            self.handle_inner(address, request).await
+        };
         let outcome = match &result {
             Ok(_) => "ok",
             Err(CommandError::Decide(DecideError::Domain { .. })) => "rejected",

@@ -128,6 +128,11 @@ impl EventStore {
         }
     }
 
+    /// Whether the NATS connection is up (requests fail fast with 503 while it is not).
+    pub fn is_connected(&self) -> bool {
+        platform::nats::is_connected(&self.client)
+    }
+
     /// The read settings.
     pub fn settings(&self) -> LoadSettings {
         self.settings
@@ -224,7 +229,7 @@ impl EventStore {
             )
             .await
             .map_err(|e| LoadError::Nats(e.to_string()))?;
-        let mut expected_version = out.last().map_or(0, |s| s.event.version.get());
+        let mut previous = previous_version(out, from_seq);
         loop {
             let msg = match tokio::time::timeout(self.settings.idle_timeout, sub.next()).await {
                 Ok(Some(m)) => m,
@@ -265,14 +270,8 @@ impl EventStore {
                 .and_then(|v| v.parse().ok())
                 .ok_or_else(|| LoadError::Nats("direct get reply without Nats-Sequence".into()))?;
             let stored_subject = header("Nats-Subject").unwrap_or_default();
-            let event = decode(
-                address,
-                &stored_subject,
-                seq,
-                &msg.payload,
-                expected_version,
-            )?;
-            expected_version = event.version.get();
+            let event = decode(address, &stored_subject, seq, &msg.payload, previous)?;
+            previous = Some(event.version.get());
             out.push(Stored { event, seq });
         }
     }
@@ -315,7 +314,7 @@ impl EventStore {
             name,
         };
         let mut remaining = created.cached_info().num_pending;
-        let mut expected_version = out.last().map_or(0, |s| s.event.version.get());
+        let mut previous = previous_version(out, from_seq);
         while remaining > 0 {
             let batch = remaining.min(10_000) as usize;
             let mut messages = created
@@ -330,14 +329,8 @@ impl EventStore {
                 let msg = msg.map_err(|e| nats(&e))?;
                 let info = msg.info().map_err(|e| nats(&e))?;
                 let seq = info.stream_sequence;
-                let event = decode(
-                    address,
-                    msg.subject.as_str(),
-                    seq,
-                    &msg.payload,
-                    expected_version,
-                )?;
-                expected_version = event.version.get();
+                let event = decode(address, msg.subject.as_str(), seq, &msg.payload, previous)?;
+                previous = Some(event.version.get());
                 out.push(Stored { event, seq });
                 got += 1;
             }
@@ -469,6 +462,16 @@ impl Drop for DeleteOnDrop {
     }
 }
 
+/// The version the next event read must follow: the last one read so far; none when a read
+/// starts mid-history (the caller checks the first against its base); 0 from the start.
+fn previous_version(out: &[Stored], from_seq: u64) -> Option<u64> {
+    match out.last() {
+        Some(s) => Some(s.event.version.get()),
+        None if from_seq <= 1 => Some(0),
+        None => None,
+    }
+}
+
 /// Decodes one stored message as the next event of `address`: the subject, the ids in the
 /// body and the version (contiguous) must all agree. Anything else is `Corrupt`, never skipped.
 fn decode(
@@ -476,7 +479,7 @@ fn decode(
     subject: &str,
     seq: u64,
     payload: &[u8],
-    previous_version: u64,
+    previous_version: Option<u64>,
 ) -> Result<Event, LoadError> {
     let corrupt = |reason: String| LoadError::Corrupt {
         seq,
@@ -491,10 +494,12 @@ fn decode(
             address
         )));
     }
-    if event.version.get() != previous_version + 1 {
+    if let Some(previous) = previous_version
+        && event.version.get() != previous + 1
+    {
         return Err(corrupt(format!(
-            "version {} does not follow {}",
-            event.version, previous_version
+            "version {} does not follow {previous}",
+            event.version
         )));
     }
     Ok(event)

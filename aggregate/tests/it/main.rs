@@ -1,0 +1,6 @@
+//! Integration tests of the aggregate service against a real nats-server.
+
+mod http;
+mod runtime;
+mod store;
+mod support;

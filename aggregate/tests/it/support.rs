@@ -1,0 +1,157 @@
+//! Test support: a real server and aggregate instances on it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aggregate::domain::{Aggregate, DomainError, DynAggregate};
+use aggregate::runtime::{CommandRequest, Outcome};
+use clap::Parser;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use shared::{AggregateAddress, AggregateType, Metadata};
+use testkit::NatsServer;
+
+pub(crate) fn config(server: &NatsServer, extra: &[&str]) -> aggregate::Config {
+    let mut args = vec![
+        "aggregate",
+        "--nats-url",
+        Box::leak(server.url().into_boxed_str()),
+        "--insecure-no-auth",
+        "--instance-id",
+        "test",
+    ];
+    args.extend_from_slice(extra);
+    aggregate::Config::parse_from(args)
+}
+
+/// All aggregate types used in tests: the shipped ones plus a multi-event one.
+pub(crate) fn aggregates() -> Vec<Arc<dyn DynAggregate>> {
+    let mut v = aggregate::default_aggregates();
+    v.push(Arc::new(Ledger));
+    v
+}
+
+pub(crate) async fn instance(server: &NatsServer) -> aggregate::App {
+    aggregate::start(&config(server, &[]), aggregates())
+        .await
+        .expect("start aggregate")
+}
+
+pub(crate) fn account(tenant: &str, id: &str) -> AggregateAddress {
+    AggregateAddress::new(
+        tenant.parse().expect("tenant"),
+        "account".parse().expect("type"),
+        id.parse().expect("id"),
+    )
+}
+
+pub(crate) fn cmd(t: &str, payload: Value) -> CommandRequest {
+    CommandRequest {
+        command_id: None,
+        command_type: t.to_owned(),
+        payload,
+        expected_version: None,
+        metadata: Metadata::new(),
+    }
+}
+
+pub(crate) fn open() -> CommandRequest {
+    cmd("open", json!({"owner": "Ada", "currency": "EUR"}))
+}
+
+pub(crate) async fn send(
+    app: &aggregate::App,
+    addr: &AggregateAddress,
+    c: CommandRequest,
+) -> Outcome {
+    app.runtime.handle(addr, c).await.expect("command accepted")
+}
+
+/// Names of the consumers on the events stream.
+pub(crate) async fn consumers(client: &async_nats::Client) -> Vec<String> {
+    use futures::TryStreamExt;
+    let js = async_nats::jetstream::new(client.clone());
+    let stream = js.get_stream(shared::STREAM_NAME).await.expect("stream");
+    stream
+        .consumer_names()
+        .try_collect()
+        .await
+        .expect("consumer names")
+}
+
+/// Polls `check` until it holds or `within` passes.
+pub(crate) async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A test aggregate whose `post` command yields several events (one per line), to exercise
+/// atomic multi-event appends.
+pub(crate) struct Ledger;
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct LedgerState {
+    pub(crate) lines: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", content = "payload", rename_all = "snake_case")]
+pub(crate) enum LedgerCommand {
+    Post { lines: Vec<String> },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "event_type", content = "payload", rename_all = "snake_case")]
+pub(crate) enum LedgerEvent {
+    LinePosted { text: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("empty posting")]
+pub(crate) struct Empty;
+
+impl DomainError for Empty {
+    fn code(&self) -> &'static str {
+        "empty-posting"
+    }
+}
+
+impl Aggregate for Ledger {
+    type State = LedgerState;
+    type Command = LedgerCommand;
+    type Event = LedgerEvent;
+    type Error = Empty;
+
+    fn aggregate_type(&self) -> AggregateType {
+        "ledger".parse().expect("type")
+    }
+    fn command_types(&self) -> &'static [&'static str] {
+        &["post"]
+    }
+    fn apply(&self, state: &mut LedgerState, event: LedgerEvent) {
+        let LedgerEvent::LinePosted { text } = event;
+        state.lines.push(text);
+    }
+    fn decide(&self, _: &LedgerState, c: LedgerCommand) -> Result<Vec<LedgerEvent>, Empty> {
+        let LedgerCommand::Post { lines } = c;
+        if lines.is_empty() {
+            return Err(Empty);
+        }
+        Ok(lines
+            .into_iter()
+            .map(|text| LedgerEvent::LinePosted { text })
+            .collect())
+    }
+}

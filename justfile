@@ -7,6 +7,9 @@ nextest_profile := if env("CI", "") != "" { "ci" } else { env("NEXTEST_PROFILE",
 # cargo-deny reads its advisory database offline when CI or DENY_OFFLINE is set
 deny_offline := if env("CI", "") != "" { "--offline" } else if env("DENY_OFFLINE", "") != "" { "--offline" } else { "" }
 
+# the local stack: nats, up, down, logs, status, token
+import? 'justfile.stack'
+
 # list the recipes
 default:
     @just --list
@@ -45,3 +48,8 @@ test:
 [group('gate')]
 deny:
     cargo deny {{deny_offline}} check
+
+# benchmarks against raw JetStream in the same run (`just bench --quick` for a smoke run)
+[group('bench')]
+bench *args:
+    cargo run --release -p bench -- {{args}}

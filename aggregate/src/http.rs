@@ -18,29 +18,35 @@ use crate::runtime::{CommandError, CommandRequest, Runtime};
 use crate::store::{AppendError, LoadError};
 
 /// The body of `POST .../commands`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CommandBody {
-    /// Client-chosen id for idempotent retries.
+    /// Client-chosen id for idempotent retries (any UUID); a retry with the same id and body
+    /// answers the original outcome.
     #[serde(default)]
+    #[schema(value_type = Option<uuid::Uuid>)]
     pub command_id: Option<CommandId>,
-    /// Command type.
+    /// Command type, e.g. `deposit`.
     #[serde(rename = "type")]
     pub command_type: String,
-    /// Command body.
+    /// Command body, e.g. `{"amount": 100}`.
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub payload: serde_json::Value,
-    /// Optimistic concurrency: the version the client last saw.
+    /// Optimistic concurrency: the version the client last saw (409 if it no longer holds).
     #[serde(default)]
+    #[schema(value_type = Option<u64>, minimum = 0)]
     pub expected_version: Option<Version>,
     /// Extra metadata copied into the events (string values).
     #[serde(default)]
+    #[schema(value_type = Option<std::collections::HashMap<String, String>>)]
     pub metadata: Option<Metadata>,
 }
 
 /// Query of `GET .../events`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct EventsQuery {
     /// First version to return (default 1).
     #[serde(default)]
@@ -76,7 +82,29 @@ fn address(
     Ok(address)
 }
 
-async fn command(
+/// Handles one command.
+#[utoipa::path(
+    post,
+    path = "/v1/tenants/{tenant}/aggregates/{type}/{id}/commands",
+    params(
+        ("tenant" = String, Path, description = "Tenant id: 1-64 of [A-Za-z0-9_-]"),
+        ("type" = String, Path, description = "Aggregate type, e.g. account"),
+        ("id" = String, Path, description = "Aggregate id: 1-64 of [A-Za-z0-9_-]"),
+    ),
+    request_body(content = CommandBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Accepted; the appended events", body = crate::openapi::OutcomeDoc),
+        (status = 400, description = "Invalid id, body, command type or payload", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
+        (status = 403, description = "Tenant not granted", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
+        (status = 415, description = "Body not JSON", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
+        (status = 422, description = "Refused by a domain rule", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
+        (status = 409, description = "Version conflict or command id reused", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
+        (status = 503, description = "NATS unavailable; retry", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn command(
     State(runtime): State<Arc<Runtime>>,
     Path(ids): Path<(String, String, String)>,
     ctx: RequestContext,
@@ -115,7 +143,25 @@ async fn command(
     Ok(axum::Json(outcome).into_response())
 }
 
-async fn state(
+/// The aggregate's current state.
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{tenant}/aggregates/{type}/{id}",
+    params(
+        ("tenant" = String, Path, description = "Tenant id"),
+        ("type" = String, Path, description = "Aggregate type"),
+        ("id" = String, Path, description = "Aggregate id"),
+    ),
+    responses(
+        (status = 200, description = "State, version and stream position", body = crate::openapi::StateDoc),
+        (status = 400, description = "Invalid id", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
+        (status = 403, description = "Tenant not granted", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
+        (status = 404, description = "No events", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
+        (status = 503, description = "NATS unavailable; retry", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn state(
     State(runtime): State<Arc<Runtime>>,
     Path(ids): Path<(String, String, String)>,
 ) -> Result<Response, Problem> {
@@ -134,7 +180,25 @@ async fn state(
     .into_response())
 }
 
-async fn events(
+/// The aggregate's events, in order.
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{tenant}/aggregates/{type}/{id}/events",
+    params(
+        ("tenant" = String, Path, description = "Tenant id"),
+        ("type" = String, Path, description = "Aggregate type"),
+        ("id" = String, Path, description = "Aggregate id"),
+        EventsQuery,
+    ),
+    responses(
+        (status = 200, description = "Events with their stream positions", body = crate::openapi::EventsDoc),
+        (status = 400, description = "Invalid id or query", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
+        (status = 403, description = "Tenant not granted", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
+        (status = 503, description = "NATS unavailable; retry", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn events(
     State(runtime): State<Arc<Runtime>>,
     Path(ids): Path<(String, String, String)>,
     ApiQuery(q): ApiQuery<EventsQuery>,

@@ -12,6 +12,7 @@
 pub mod account;
 pub mod domain;
 pub mod http;
+pub mod openapi;
 pub mod runtime;
 pub mod store;
 
@@ -170,10 +171,14 @@ pub fn app(app: &App, auth: Authenticator, http: HttpSettings) -> Router {
         }
         failing
     };
-    let router = api.merge(platform::http::ops_routes(
-        Arc::new(readiness),
-        app.metrics.clone(),
-    ));
+    let router = api
+        .merge(platform::http::ops_routes(
+            Arc::new(readiness),
+            app.metrics.clone(),
+        ))
+        .merge(platform::openapi::route(
+            &<openapi::ApiDoc as utoipa::OpenApi>::openapi(),
+        ));
     platform::http::finish(router, http, app.metrics.clone())
 }
 

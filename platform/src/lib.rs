@@ -8,12 +8,14 @@
 //! - [`telemetry`]: tracing subscriber setup for binaries.
 //! - [`nats`]: NATS connection options and ownership of the events stream.
 //! - [`auth`]: bearer JWT authentication and tenant isolation.
+//! - [`openapi`]: the bearer scheme, the problem schema and `/openapi.json`.
 //! - [`shutdown`]: SIGTERM / Ctrl-C handling and bounded graceful drain.
 
 pub mod auth;
 pub mod http;
 pub mod metrics;
 pub mod nats;
+pub mod openapi;
 pub mod problem;
 pub mod shutdown;
 pub mod telemetry;

@@ -32,8 +32,9 @@ impl std::ops::DerefMut for Problem {
     }
 }
 
-/// The body of a problem response.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The body of a problem response (RFC 9457).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = Problem)]
 pub struct ProblemDetails {
     /// Stable URI identifying the problem kind.
     #[serde(rename = "type")]
@@ -46,6 +47,7 @@ pub struct ProblemDetails {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
     /// Extension members (e.g. `expected_version`, `current_version`).
+    #[schema(value_type = Object)]
     #[serde(flatten, default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub extensions: serde_json::Map<String, serde_json::Value>,
     /// Seconds after which a retry may succeed (sent as `Retry-After`, not in the body).

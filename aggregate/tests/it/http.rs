@@ -322,6 +322,26 @@ async fn serves_on_a_real_port_with_request_ids_and_metrics() {
         metrics.contains("aggregate_http_requests_total"),
         "{metrics}"
     );
+    let doc: Value = http
+        .get(format!("{base}/openapi.json"))
+        .send()
+        .await
+        .expect("openapi")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(doc["info"]["title"], "aggregate");
+    for path in [
+        "/v1/tenants/{tenant}/aggregates/{type}/{id}/commands",
+        "/v1/tenants/{tenant}/aggregates/{type}/{id}",
+        "/v1/tenants/{tenant}/aggregates/{type}/{id}/events",
+    ] {
+        assert!(
+            doc["paths"][path].is_object(),
+            "{path} missing from the OpenAPI document"
+        );
+    }
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
     shutdown.trigger();
     tokio::time::timeout(Duration::from_secs(10), serving)
         .await

@@ -8,7 +8,7 @@ nextest_profile := if env("CI", "") != "" { "ci" } else { env("NEXTEST_PROFILE",
 deny_offline := if env("CI", "") != "" { "--offline" } else if env("DENY_OFFLINE", "") != "" { "--offline" } else { "" }
 
 # the local stack: nats, up, down, logs, status, token
-import? 'justfile.stack'
+import 'justfile.stack'
 
 # list the recipes
 default:

@@ -278,6 +278,12 @@ pub fn problem(e: CommandError) -> Problem {
             "Multi-event commands need atomic batch publish",
         )
         .detail(e.to_string()),
+        CommandError::Append(AppendError::TooLarge) => Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "event-too-large",
+            "An event is larger than the message limit",
+        )
+        .detail(e.to_string()),
         CommandError::Load(_) | CommandError::Append(_) | CommandError::Idempotency(_) => {
             tracing::warn!(error = %e, "NATS unavailable");
             Problem::unavailable(e.to_string())

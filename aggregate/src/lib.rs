@@ -82,6 +82,14 @@ pub struct Config {
 }
 
 impl Config {
+    /// Parses flags (without the program name), with the environment as fallback.
+    ///
+    /// # Panics
+    /// On invalid flags (meant for tests and tools; `main` uses `clap::Parser::parse`).
+    pub fn parse_from_args(args: &[&str]) -> Self {
+        <Self as clap::Parser>::parse_from(std::iter::once("aggregate").chain(args.iter().copied()))
+    }
+
     /// The instance id, or `<hostname>-<pid>`.
     pub fn instance(&self) -> String {
         self.instance_id.clone().unwrap_or_else(|| {

@@ -102,6 +102,9 @@ pub enum AppendError {
         "this stream does not support atomic batch publish (nats-server >= 2.12 with allow_atomic); multi-event commands are refused"
     )]
     AtomicUnsupported,
+    /// An event is larger than the server's `max_payload`; retrying cannot help.
+    #[error("an event of this command exceeds the NATS server's max_payload")]
+    TooLarge,
     /// NATS failed or timed out; the outcome is unknown (a retry with the same command id is safe).
     #[error("append failed: {0}")]
     Nats(String),
@@ -377,6 +380,7 @@ impl EventStore {
         };
         let publish_err = |e: jetstream::context::PublishError| match e.kind() {
             PublishErrorKind::WrongLastSequence => AppendError::Conflict,
+            PublishErrorKind::MaxPayloadExceeded => AppendError::TooLarge,
             _ => AppendError::Nats(e.to_string()),
         };
         match events {
@@ -416,7 +420,12 @@ impl EventStore {
                         self.client
                             .publish_with_headers(subject.clone(), h, body)
                             .await
-                            .map_err(|e| AppendError::Nats(e.to_string()))?;
+                            .map_err(|e| match e.kind() {
+                                async_nats::client::PublishErrorKind::MaxPayloadExceeded => {
+                                    AppendError::TooLarge
+                                }
+                                _ => AppendError::Nats(e.to_string()),
+                            })?;
                     } else {
                         h.insert(shared::NATS_BATCH_COMMIT, "1");
                         let ack = self
@@ -427,6 +436,7 @@ impl EventStore {
                             .await
                             .map_err(|e| match e.kind() {
                                 PublishErrorKind::WrongLastSequence => AppendError::Conflict,
+                                PublishErrorKind::MaxPayloadExceeded => AppendError::TooLarge,
                                 _ if e.to_string().contains("wrong last sequence") => {
                                     AppendError::Conflict
                                 }

@@ -230,6 +230,110 @@ impl Drop for NatsServer {
     }
 }
 
+/// A free loopback TCP port (bound, then released; good enough for tests on one machine).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// A three-node JetStream cluster on loopback: routes between the nodes, one store per node.
+pub struct NatsCluster {
+    /// The nodes, `n1`, `n2`, `n3`.
+    pub nodes: Vec<NatsServer>,
+    monitor_ports: Vec<u16>,
+}
+
+impl NatsCluster {
+    /// Starts three nodes and waits until JetStream is healthy on each (a meta leader exists).
+    ///
+    /// # Panics
+    /// When a node does not start or JetStream is not healthy within 30 s.
+    pub fn start() -> Self {
+        let route_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let monitor_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let routes = route_ports
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let nodes = (0..3)
+            .map(|i| {
+                let name = format!("n{}", i + 1);
+                let cluster = format!("nats://127.0.0.1:{}", route_ports[i]);
+                let monitor = monitor_ports[i].to_string();
+                NatsServer::start_with_args(&[
+                    "-n",
+                    &name,
+                    "--cluster_name",
+                    "testkit",
+                    "--cluster",
+                    &cluster,
+                    "--routes",
+                    &routes,
+                    "-m",
+                    &monitor,
+                ])
+            })
+            .collect();
+        let cluster = NatsCluster {
+            nodes,
+            monitor_ports,
+        };
+        for i in 0..3 {
+            cluster.wait_healthy(i, Duration::from_secs(30));
+        }
+        cluster
+    }
+
+    /// All client URLs, comma-separated.
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Waits until node `i` reports JetStream healthy on its monitoring port.
+    ///
+    /// # Panics
+    /// When it does not within `within`.
+    pub fn wait_healthy(&self, i: usize, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            if http_status(self.monitor_ports[i], "/healthz") == Some(200) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node n{} not healthy within {within:?}",
+                i + 1
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Index of the node named `n<k>` (1-based names, as in stream info's `cluster.leader`).
+    pub fn index_of(name: &str) -> Option<usize> {
+        name.strip_prefix('n')
+            .and_then(|k| k.parse::<usize>().ok())
+            .and_then(|k| k.checked_sub(1))
+    }
+}
+
+/// The status code of `GET path` on a loopback port, over plain HTTP/1.0.
+fn http_status(port: u16, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    buf.split_whitespace().nth(1)?.parse().ok()
+}
+
 fn wait_for_port(port: u16, within: Duration) {
     let deadline = Instant::now() + within;
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -268,6 +372,16 @@ mod tests {
                     .unwrap_or(true),
             "process {pid} still running"
         );
+    }
+
+    #[test]
+    fn starts_a_three_node_cluster() {
+        let mut cluster = NatsCluster::start();
+        assert_eq!(cluster.urls().split(',').count(), 3);
+        cluster.nodes[1].kill();
+        cluster.nodes[1].restart();
+        cluster.wait_healthy(1, Duration::from_secs(30));
+        assert_eq!(NatsCluster::index_of("n3"), Some(2));
     }
 
     #[test]

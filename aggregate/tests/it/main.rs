@@ -1,5 +1,6 @@
 //! Integration tests of the aggregate service against a real nats-server.
 
+mod cluster;
 mod http;
 mod runtime;
 mod store;

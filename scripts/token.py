@@ -1,0 +1,59 @@
+#!/usr/bin/env python3
+"""Mint an HS256 development token for the local stack (stdlib only).
+
+    scripts/token.py [TENANT ...] [--sub SUB] [--ttl SECONDS]
+
+Claims: {"sub": SUB, "exp": now + TTL, "tenants": [TENANT, ...]}, signed with the secret in
+AUTH_JWT_SECRET, or the local stack's fixed development secret when it is unset (the same
+default as scripts/stack.sh). The services need the secret to be at least 16 bytes.
+Development only: never use the default secret anywhere reachable.
+"""
+
+import argparse
+import base64
+import hashlib
+import hmac
+import json
+import os
+import sys
+import time
+
+# Keep in step with DEFAULT_JWT_SECRET in scripts/stack.sh.
+DEFAULT_SECRET = "local-dev-secret-change-me-0123456789"
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def mint(secret: bytes, sub: str, tenants: list, ttl: int) -> str:
+    header = {"alg": "HS256", "typ": "JWT"}
+    claims = {"sub": sub, "exp": int(time.time()) + ttl, "tenants": tenants}
+    signing_input = ".".join(
+        b64url(json.dumps(part, separators=(",", ":")).encode("utf-8"))
+        for part in (header, claims)
+    )
+    signature = hmac.new(secret, signing_input.encode("ascii"), hashlib.sha256).digest()
+    return signing_input + "." + b64url(signature)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="Mint an HS256 development token.")
+    parser.add_argument("tenants", nargs="*", default=["acme"], metavar="TENANT",
+                        help="tenants the token grants (default: acme)")
+    parser.add_argument("--sub", default="dev", help="subject (default: dev)")
+    parser.add_argument("--ttl", type=int, default=86400,
+                        help="lifetime in seconds (default: 86400)")
+    args = parser.parse_args()
+    secret = os.environ.get("AUTH_JWT_SECRET") or DEFAULT_SECRET
+    # the services trim the secret before use; do the same so both sides sign alike
+    secret_bytes = secret.strip().encode("utf-8")
+    if len(secret_bytes) < 16:
+        print("token.py: AUTH_JWT_SECRET must be at least 16 bytes", file=sys.stderr)
+        return 1
+    print(mint(secret_bytes, args.sub, args.tenants, args.ttl))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -15,7 +15,7 @@
 
   up = pkgs.writeShellApplication {
     name = "nats-es-up";
-    runtimeInputs = [pkgs.just pkgs.nats-server pkgs.nginx pkgs.curl pkgs.coreutils];
+    runtimeInputs = [pkgs.just pkgs.nats-server pkgs.nginx pkgs.curl pkgs.coreutils pkgs.python3 pkgs.util-linux];
     text = ''
       if [ ! -f justfile ]; then
         echo "nats-es-up: no justfile here; run \`nix run\` from the root of the nats-es checkout" >&2

@@ -15,7 +15,7 @@
 #   AGGREGATE_PORTS ["8181 8182"]  PROJECTION_PORTS ["8281 8282"; "none" or "" = no projection]
 #   AGGREGATE_BIN, PROJECTION_BIN  prebuilt binaries (else `cargo build --profile $STACK_PROFILE`)
 #   STACK_PROFILE [release]  STACK_TIMEOUT [60, seconds to become ready]
-#   RUST_LOG [info,platform::http=debug: a line per request]
+#   RUST_LOG [info,platform::http=debug,projection::engine=debug: a line per request and per applied event]
 #   AUTH_JWT_SECRET [a fixed development secret]  NATS_SERVER_BIN, NGINX_BIN  binaries to use
 set -euo pipefail
 
@@ -36,7 +36,7 @@ PROJECTION_PORTS=${PROJECTION_PORTS-8281 8282}
 STACK_PROFILE=${STACK_PROFILE:-release}
 STACK_TIMEOUT=${STACK_TIMEOUT:-60}
 # the services' log filter: info, plus one "request done" line (with request_id) per request
-RUST_LOG=${RUST_LOG:-info,platform::http=debug}
+RUST_LOG=${RUST_LOG:-info,platform::http=debug,projection::engine=debug}
 
 PIDS=$STACK_DIR/pids
 LOGS=$STACK_DIR/logs

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Mint an HS256 development token for the local stack (stdlib only).
 
-    scripts/token.py [TENANT ...] [--sub SUB] [--ttl SECONDS]
+    scripts/token.py [TENANT ...] [--sub SUB] [--ttl SECONDS] [--admin]
 
-Claims: {"sub": SUB, "exp": now + TTL, "tenants": [TENANT, ...]}, signed with the secret in
+Claims: {"sub": SUB, "exp": now + TTL, "tenants": [TENANT, ...]} (plus "admin": true with
+--admin, for the /v1/admin routes), signed with the secret in
 AUTH_JWT_SECRET, or the local stack's fixed development secret when it is unset (the same
 default as scripts/stack.sh). The services need the secret to be at least 16 bytes.
 Development only: never use the default secret anywhere reachable.
@@ -26,9 +27,11 @@ def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
-def mint(secret: bytes, sub: str, tenants: list, ttl: int) -> str:
+def mint(secret: bytes, sub: str, tenants: list, ttl: int, admin: bool = False) -> str:
     header = {"alg": "HS256", "typ": "JWT"}
     claims = {"sub": sub, "exp": int(time.time()) + ttl, "tenants": tenants}
+    if admin:
+        claims["admin"] = True
     signing_input = ".".join(
         b64url(json.dumps(part, separators=(",", ":")).encode("utf-8"))
         for part in (header, claims)
@@ -44,6 +47,8 @@ def main() -> int:
     parser.add_argument("--sub", default="dev", help="subject (default: dev)")
     parser.add_argument("--ttl", type=int, default=86400,
                         help="lifetime in seconds (default: 86400)")
+    parser.add_argument("--admin", action="store_true",
+                        help="also grant the admin routes (/v1/admin/...)")
     args = parser.parse_args()
     secret = os.environ.get("AUTH_JWT_SECRET") or DEFAULT_SECRET
     # the services trim the secret before use; do the same so both sides sign alike
@@ -51,7 +56,7 @@ def main() -> int:
     if len(secret_bytes) < 16:
         print("token.py: AUTH_JWT_SECRET must be at least 16 bytes", file=sys.stderr)
         return 1
-    print(mint(secret_bytes, args.sub, args.tenants, args.ttl))
+    print(mint(secret_bytes, args.sub, args.tenants, args.ttl, args.admin))
     return 0
 
 

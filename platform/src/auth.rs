@@ -46,6 +46,9 @@ pub struct Claims {
     /// Tenants the bearer may access.
     #[serde(default)]
     pub tenants: Vec<String>,
+    /// May use the admin routes (`/v1/admin/...`: parked events, rebuilds), which span tenants.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub admin: bool,
 }
 
 /// Why authentication settings are unusable.
@@ -146,6 +149,7 @@ impl Authenticator {
                 sub: "anonymous".into(),
                 exp: u64::MAX,
                 tenants: Vec::new(),
+                admin: true,
             });
         };
         jsonwebtoken::decode::<Claims>(token, &inner.0, &inner.1)
@@ -171,6 +175,17 @@ pub fn mint_hs256(
     tenants: &[String],
     ttl_secs: u64,
 ) -> Result<String, jsonwebtoken::errors::Error> {
+    mint_hs256_claims(secret, sub, tenants, false, ttl_secs)
+}
+
+/// Like [`mint_hs256`], choosing whether the token may use the admin routes.
+pub fn mint_hs256_claims(
+    secret: &[u8],
+    sub: &str,
+    tenants: &[String],
+    admin: bool,
+    ttl_secs: u64,
+) -> Result<String, jsonwebtoken::errors::Error> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -180,6 +195,7 @@ pub fn mint_hs256(
             sub: sub.to_owned(),
             exp: now + ttl_secs,
             tenants: tenants.to_vec(),
+            admin,
         },
         &EncodingKey::from_secret(secret),
     )
@@ -215,6 +231,10 @@ pub async fn require_auth(
         && !claims.tenants.iter().any(|t| t == tenant)
     {
         return Problem::forbidden("the token does not grant access to this tenant")
+            .into_response();
+    }
+    if req.uri().path().starts_with("/v1/admin/") && !claims.admin {
+        return Problem::forbidden("the admin routes need a token with \"admin\": true")
             .into_response();
     }
     next.run(req).await
@@ -256,6 +276,7 @@ mod tests {
                 sub: "x".into(),
                 exp: now - 120,
                 tenants: vec!["acme".into()],
+                admin: false,
             },
             &EncodingKey::from_secret(SECRET),
         )

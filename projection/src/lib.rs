@@ -1,1 +1,288 @@
-//! The read side.
+//! The read side: folds the events of `AGGREGATE_EVENTS` into views (one KV bucket per view
+//! version) and serves them over HTTP. Several instances may run: per view exactly one is
+//! active (the pinned client of the view's durable consumer), the others are hot standby.
+//!
+//! - [`view`]: the [`view::View`] trait users implement.
+//! - [`views`]: the shipped `accounts` and `tenant-summary` views.
+//! - [`engine`]: consumers, batches, compare-and-set writes, checkpoint, parking.
+//! - [`store`]: bucket layout and reads.
+//! - [`http`]: the HTTP API.
+
+pub mod engine;
+pub mod http;
+pub mod metrics;
+pub mod openapi;
+pub mod store;
+pub mod view;
+pub mod views;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::Router;
+use platform::auth::{AuthArgs, Authenticator};
+use platform::http::HttpSettings;
+use platform::metrics::Metrics;
+use platform::nats::NatsArgs;
+use platform::shutdown::Shutdown;
+use platform::telemetry::LogFormat;
+use tokio::task::JoinHandle;
+
+use crate::engine::{ConsumerSettings, Projector, ViewRuntime};
+use crate::http::ViewMap;
+use crate::metrics::ViewMetrics;
+use crate::view::View;
+
+/// Service configuration, from flags or environment. Every default is the documented
+/// development value.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "projection",
+    version,
+    about = "The read side of the event store"
+)]
+pub struct Config {
+    /// Address to serve HTTP on.
+    #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:8082")]
+    pub http_addr: SocketAddr,
+    /// Instance id (connection name, logs); defaults to the host name and pid.
+    #[arg(long, env = "INSTANCE_ID")]
+    pub instance_id: Option<String>,
+    /// NATS connection.
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    /// Authentication.
+    #[command(flatten)]
+    pub auth: AuthArgs,
+    /// Log format (default: pretty on a terminal, compact otherwise).
+    #[arg(long, env = "LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Largest request body in bytes.
+    #[arg(long, env = "BODY_LIMIT", default_value_t = 1024 * 1024)]
+    pub body_limit: usize,
+    /// Request timeout in milliseconds.
+    #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
+    pub request_timeout_ms: u64,
+    /// How long in-flight requests and the batch in flight may take after SIGTERM, in ms.
+    #[arg(long, env = "SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
+    pub shutdown_grace_ms: u64,
+    /// How long a read with `min_position` waits for the view to catch up, in milliseconds.
+    #[arg(long, env = "MIN_POSITION_TIMEOUT_MS", default_value_t = 5_000)]
+    pub min_position_timeout_ms: u64,
+    /// Redelivery delay of an unacknowledged event (first back-off step), in milliseconds.
+    /// Part of the consumer configuration: changing it needs a new view version.
+    #[arg(long, env = "ACK_WAIT_MS", default_value_t = 30_000)]
+    pub ack_wait_ms: u64,
+    /// Deliveries before an event failing for a retryable reason is parked. Part of the
+    /// consumer configuration.
+    #[arg(long, env = "MAX_DELIVER", default_value_t = 10)]
+    pub max_deliver: i64,
+    /// How long an active instance may stop pulling before a standby takes over, in ms. Part
+    /// of the consumer configuration.
+    #[arg(long, env = "PRIORITY_TIMEOUT_MS", default_value_t = 5_000)]
+    pub priority_timeout_ms: u64,
+    /// Events per batch (also the consumer's max_ack_pending). Part of the consumer
+    /// configuration.
+    #[arg(long, env = "BATCH_SIZE", default_value_t = 500)]
+    pub batch_size: usize,
+    /// Documents cached in memory per view.
+    #[arg(long, env = "CACHE_CAPACITY", default_value_t = 100_000)]
+    pub cache_capacity: usize,
+}
+
+impl Config {
+    /// The instance id, or `<hostname>-<pid>`.
+    pub fn instance(&self) -> String {
+        self.instance_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/etc/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "host".to_owned());
+            format!("{host}-{}", std::process::id())
+        })
+    }
+
+    /// The HTTP limits.
+    pub fn http(&self) -> HttpSettings {
+        HttpSettings {
+            body_limit: self.body_limit,
+            request_timeout: Duration::from_millis(self.request_timeout_ms),
+        }
+    }
+
+    /// The consumer settings.
+    pub fn consumer(&self) -> ConsumerSettings {
+        let priority_timeout = Duration::from_millis(self.priority_timeout_ms);
+        ConsumerSettings {
+            ack_wait: Duration::from_millis(self.ack_wait_ms),
+            max_deliver: self.max_deliver.max(2),
+            priority_timeout,
+            batch: self.batch_size.max(1),
+            // well below the priority timeout, or the pin is lost between pulls
+            pull_expires: (priority_timeout / 4)
+                .clamp(Duration::from_millis(200), Duration::from_secs(1)),
+            cache_capacity: self.cache_capacity,
+            replicas: self.nats.stream_replicas,
+        }
+    }
+}
+
+/// The views this binary serves.
+pub fn default_views() -> Vec<Arc<dyn View>> {
+    vec![Arc::new(views::Accounts), Arc::new(views::TenantSummary)]
+}
+
+/// Everything a running instance needs.
+pub struct App {
+    /// The NATS client.
+    pub client: async_nats::Client,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Set while draining (readiness goes false).
+    pub draining: Arc<AtomicBool>,
+    /// The views, by name.
+    pub views: Arc<ViewMap>,
+    projectors: Vec<Projector>,
+    min_position_timeout: Duration,
+}
+
+impl App {
+    /// Starts every view's consumer loop (and its lag poller); they stop when `shutdown`
+    /// fires, after finishing the batch in flight.
+    pub fn spawn_projectors(&mut self, shutdown: &Shutdown) -> Vec<JoinHandle<()>> {
+        let mut handles = Vec::new();
+        for p in self.projectors.drain(..) {
+            handles.push(tokio::spawn(engine::poll_lag(
+                p.runtime().clone(),
+                p.consumer().clone(),
+                Duration::from_secs(5),
+                shutdown.clone(),
+            )));
+            handles.push(tokio::spawn(p.run(shutdown.clone())));
+        }
+        handles
+    }
+}
+
+/// Connects, makes sure the stream, the buckets and the consumers are there and compatible.
+/// Nothing is consumed until [`App::spawn_projectors`].
+pub async fn start(config: &Config, views: Vec<Arc<dyn View>>) -> anyhow::Result<App> {
+    let client = platform::nats::connect(&config.nats, "projection", &config.instance())
+        .await
+        .map_err(|e| anyhow::anyhow!("connecting to NATS: {e}"))?;
+    let js = async_nats::jetstream::new(client.clone());
+    let spec = shared::StreamSpec::events(config.nats.stream_replicas);
+    platform::nats::ensure_stream(&js, &spec).await?;
+    let metrics = Metrics::new("projection");
+    let view_metrics = ViewMetrics::register(&metrics);
+    let settings = config.consumer();
+    let mut map = BTreeMap::new();
+    let mut projectors = Vec::new();
+    for view in views {
+        let name = view.name().to_string();
+        let rt = Arc::new(
+            ViewRuntime::open(&js, view, view_metrics.clone(), settings.replicas)
+                .await
+                .with_context(|| format!("opening the buckets of view {name}"))?,
+        );
+        let projector = Projector::new(&js, rt.clone(), settings)
+            .await
+            .with_context(|| format!("starting view {name}"))?;
+        projectors.push(projector);
+        map.insert(name, rt);
+    }
+    Ok(App {
+        client,
+        metrics,
+        draining: Arc::new(AtomicBool::new(false)),
+        views: Arc::new(map),
+        projectors,
+        min_position_timeout: Duration::from_millis(config.min_position_timeout_ms),
+    })
+}
+
+/// The complete router: API (behind auth) plus ops routes, in the shared middleware stack.
+pub fn app(app: &App, auth: Authenticator, http: HttpSettings) -> Router {
+    let api = http::routes(app.views.clone(), app.min_position_timeout).route_layer(
+        axum::middleware::from_fn_with_state(auth, platform::auth::require_auth),
+    );
+    let client = app.client.clone();
+    let draining = app.draining.clone();
+    let views = app.views.clone();
+    let readiness = move || {
+        let mut failing = Vec::new();
+        if !platform::nats::is_connected(&client) {
+            failing.push("nats: not connected".to_owned());
+        }
+        for (name, rt) in views.iter() {
+            if !rt.running.load(Ordering::Relaxed) {
+                failing.push(format!("view {name}: consumer not running"));
+            }
+        }
+        if draining.load(Ordering::Relaxed) {
+            failing.push("shutting down".to_owned());
+        }
+        failing
+    };
+    let router = api
+        .merge(platform::http::ops_routes(
+            Arc::new(readiness),
+            app.metrics.clone(),
+        ))
+        .merge(platform::openapi::route(
+            &<openapi::ApiDoc as utoipa::OpenApi>::openapi(),
+        ));
+    platform::http::finish(router, http, app.metrics.clone())
+}
+
+/// Runs the service until `shutdown` fires, then drains within the grace period.
+pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
+    let auth = Authenticator::from_args(&config.auth)?;
+    let app_state = start(&config, default_views()).await?;
+    let router = app(&app_state, auth, config.http());
+    let listener = tokio::net::TcpListener::bind(config.http_addr)
+        .await
+        .with_context(|| format!("binding {}", config.http_addr))?;
+    tracing::info!(addr = %listener.local_addr()?, instance = %config.instance(), "projection serving");
+    serve(
+        listener,
+        router,
+        app_state,
+        shutdown,
+        Duration::from_millis(config.shutdown_grace_ms),
+    )
+    .await
+}
+
+/// Serves and consumes until shutdown; then stops pulling, finishes and acks the batch in
+/// flight and the requests in flight, within `grace`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    mut app: App,
+    shutdown: Shutdown,
+    grace: Duration,
+) -> anyhow::Result<()> {
+    let projectors = app.spawn_projectors(&shutdown);
+    let draining = app.draining.clone();
+    let stop = shutdown.clone();
+    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+        stop.wait().await;
+        draining.store(true, Ordering::Relaxed);
+    });
+    let finished = platform::shutdown::drain_within(&shutdown, grace, async {
+        if let Err(e) = server.await {
+            tracing::error!(error = %e, "server error");
+        }
+        for p in projectors {
+            let _ = p.await;
+        }
+    })
+    .await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), app.client.flush()).await;
+    tracing::info!(clean = finished, "projection stopped");
+    Ok(())
+}

@@ -1,0 +1,5 @@
+//! End-to-end: the real binaries behind the real nginx gateway, started by `scripts/stack.sh`,
+//! driven only through the gateway with an HTTP client.
+
+mod stack;
+mod support;

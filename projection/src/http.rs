@@ -1,0 +1,301 @@
+//! The HTTP API: documents by key, per-tenant lists, read-your-writes, parked-event admin.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use platform::http::{ApiQuery, parse_id};
+use platform::problem::Problem;
+use serde::Deserialize;
+use serde_json::json;
+use shared::{AggregateId, TenantId};
+use tokio::time::Instant;
+
+use crate::engine::ViewRuntime;
+use crate::store::{self, StoreError};
+
+/// The views served, by name.
+pub type ViewMap = BTreeMap<String, Arc<ViewRuntime>>;
+
+#[derive(Clone)]
+pub(crate) struct ApiState {
+    views: Arc<ViewMap>,
+    min_position_timeout: Duration,
+}
+
+/// The API routes (apply auth with `route_layer`).
+pub fn routes(views: Arc<ViewMap>, min_position_timeout: Duration) -> Router {
+    Router::new()
+        .route("/v1/tenants/{tenant}/views/{view}", get(list))
+        .route("/v1/tenants/{tenant}/views/{view}/{key}", get(get_doc))
+        .route("/v1/admin/views/{view}/parked", get(list_parked))
+        .route("/v1/admin/views/{view}/parked/retry", post(retry))
+        .route("/v1/admin/views/{view}/parked/{seq}/skip", post(skip))
+        .with_state(ApiState {
+            views,
+            min_position_timeout,
+        })
+}
+
+fn unavailable(e: &StoreError) -> Problem {
+    tracing::warn!(error = %e, "view storage unavailable");
+    Problem::unavailable("the view storage is unavailable; retry later")
+}
+
+impl ApiState {
+    fn view(&self, name: &str) -> Result<&Arc<ViewRuntime>, Problem> {
+        self.views.get(name).ok_or_else(|| {
+            Problem::new(StatusCode::NOT_FOUND, "unknown-view", "Unknown view")
+                .detail(format!("there is no view named {name:?}"))
+                .with("views", self.views.keys().collect::<Vec<_>>())
+        })
+    }
+
+    /// Waits until the view's checkpoint reaches `min`, or answers 503.
+    async fn wait_for(&self, rt: &ViewRuntime, min: Option<u64>) -> Result<(), Problem> {
+        let Some(min) = min else { return Ok(()) };
+        let deadline = Instant::now() + self.min_position_timeout;
+        loop {
+            // read from KV, not from memory, so a standby instance answers correctly too
+            let position = rt.checkpoint().await.map_err(|e| unavailable(&e))?;
+            if position >= min {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "position-not-reached",
+                    "View not caught up",
+                )
+                .detail(format!(
+                    "the view has processed events up to position {position}, not yet {min}"
+                ))
+                .with("position", position)
+                .with("min_position", min)
+                .retry_after(1));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Query of document reads.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ReadQuery {
+    /// Wait (bounded) until the view has applied this stream position (read-your-writes: the
+    /// `position` a command returned).
+    min_position: Option<u64>,
+}
+
+/// One document of a view.
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{tenant}/views/{view}/{key}",
+    params(
+        ("tenant" = String, Path, description = "Tenant id"),
+        ("view" = String, Path, description = "View name: accounts or tenant-summary"),
+        ("key" = String, Path, description = "Document key: the account id for accounts, `summary` for tenant-summary"),
+        ReadQuery,
+    ),
+    responses(
+        (status = 200, description = "The document, its key and the stream position it reflects", body = crate::openapi::DocumentDoc),
+        (status = 400, description = "Invalid id or query", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
+        (status = 403, description = "Tenant not granted, or not an admin token", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown view or no such document", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
+        (status = 503, description = "Position not reached in time, or NATS unavailable", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn get_doc(
+    State(s): State<ApiState>,
+    Path((tenant, view, key)): Path<(String, String, String)>,
+    ApiQuery(q): ApiQuery<ReadQuery>,
+) -> Result<Response, Problem> {
+    let tenant: TenantId = parse_id(&tenant)?;
+    let key: AggregateId = parse_id(&key)?;
+    let rt = s.view(&view)?;
+    s.wait_for(rt, q.min_position).await?;
+    let full = ViewRuntime::full_key(tenant.as_str(), key.as_str());
+    let doc = store::read_doc(&rt.docs, &full)
+        .await
+        .map_err(|e| unavailable(&e))?
+        .filter(|d| !d.is_deleted())
+        .ok_or_else(|| Problem::not_found(format!("view {view} has no document {key:?}")))?;
+    Ok(axum::Json(store::doc_json(key.as_str(), &doc)).into_response())
+}
+
+/// Query of document lists.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ListQuery {
+    /// Page size, 1 to 1000 (default 100).
+    limit: Option<usize>,
+    /// The `next` of the previous page.
+    after: Option<String>,
+    /// Wait (bounded) until the view has applied this stream position.
+    min_position: Option<u64>,
+}
+
+/// The tenant's documents of a view, paginated.
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{tenant}/views/{view}",
+    params(
+        ("tenant" = String, Path, description = "Tenant id"),
+        ("view" = String, Path, description = "View name"),
+        ListQuery,
+    ),
+    responses(
+        (status = 200, description = "A page of documents and the key to continue after", body = crate::openapi::PageDoc),
+        (status = 400, description = "Invalid id or query", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
+        (status = 403, description = "Tenant not granted, or not an admin token", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown view", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
+        (status = 503, description = "Position not reached in time, or NATS unavailable", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn list(
+    State(s): State<ApiState>,
+    Path((tenant, view)): Path<(String, String)>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Response, Problem> {
+    let tenant: TenantId = parse_id(&tenant)?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(Problem::invalid_query("limit must be between 1 and 1000"));
+    }
+    let after = match &q.after {
+        Some(a) => Some(parse_id::<AggregateId>(a)?),
+        None => None,
+    };
+    let rt = s.view(&view)?;
+    s.wait_for(rt, q.min_position).await?;
+    let page = store::list_docs(
+        &rt.docs,
+        &tenant,
+        after.as_ref().map(AggregateId::as_str),
+        limit,
+    )
+    .await
+    .map_err(|e| unavailable(&e))?;
+    Ok(axum::Json(json!({"items": page.items, "next": page.next})).into_response())
+}
+
+/// Parked events of a view (admin).
+#[utoipa::path(
+    get,
+    path = "/v1/admin/views/{view}/parked",
+    params(("view" = String, Path, description = "View name")),
+    responses(
+        (status = 200, description = "Parked events", body = crate::openapi::ParkedDoc),
+        (status = 401, description = "Missing or invalid token", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
+        (status = 403, description = "Tenant not granted, or not an admin token", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown view", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
+        (status = 503, description = "NATS unavailable", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn list_parked(
+    State(s): State<ApiState>,
+    Path(view): Path<String>,
+) -> Result<Response, Problem> {
+    let rt = s.view(&view)?;
+    let records = rt.parked_records().await.map_err(|e| unavailable(&e))?;
+    Ok(axum::Json(json!({"parked": records})).into_response())
+}
+
+/// Query of a retry.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct RetryQuery {
+    /// `<tenant>.<type>.<id>`; all aggregates when absent.
+    aggregate: Option<String>,
+}
+
+/// Re-applies parked events in order (admin).
+#[utoipa::path(
+    post,
+    path = "/v1/admin/views/{view}/parked/retry",
+    params(("view" = String, Path, description = "View name"), RetryQuery),
+    responses(
+        (status = 200, description = "What was applied and cleared", body = Object),
+        (status = 400, description = "Invalid aggregate", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
+        (status = 403, description = "Tenant not granted, or not an admin token", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown view", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
+        (status = 409, description = "Some parked events failed again", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
+        (status = 503, description = "NATS unavailable", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn retry(
+    State(s): State<ApiState>,
+    Path(view): Path<String>,
+    ApiQuery(q): ApiQuery<RetryQuery>,
+) -> Result<Response, Problem> {
+    let rt = s.view(&view)?;
+    if let Some(a) = &q.aggregate {
+        let parts: Vec<&str> = a.split('.').collect();
+        let ok = parts.len() == 3
+            && parts[0].parse::<TenantId>().is_ok()
+            && parts[1].parse::<shared::AggregateType>().is_ok()
+            && parts[2].parse::<AggregateId>().is_ok();
+        if !ok {
+            return Err(Problem::invalid_query(
+                "aggregate must be <tenant>.<type>.<id>",
+            ));
+        }
+    }
+    let report = rt
+        .retry(q.aggregate.as_deref())
+        .await
+        .map_err(|e| unavailable(&e))?;
+    if report.failed.is_empty() {
+        Ok(axum::Json(report).into_response())
+    } else {
+        Err(Problem::new(
+            StatusCode::CONFLICT,
+            "retry-failed",
+            "Parked events failed again",
+        )
+        .detail("some parked events were refused again; they stay parked")
+        .with("applied", report.applied)
+        .with("cleared", &report.cleared)
+        .with("failed", &report.failed))
+    }
+}
+
+/// Drops one parked event (admin).
+#[utoipa::path(
+    post,
+    path = "/v1/admin/views/{view}/parked/{seq}/skip",
+    params(("view" = String, Path, description = "View name"), ("seq" = u64, Path, description = "Stream sequence of the parked event")),
+    responses(
+        (status = 204, description = "Dropped"),
+        (status = 400, description = "Invalid sequence", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
+        (status = 403, description = "Tenant not granted, or not an admin token", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown view or no parked event there", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
+        (status = 503, description = "NATS unavailable", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn skip(
+    State(s): State<ApiState>,
+    Path((view, seq)): Path<(String, String)>,
+) -> Result<Response, Problem> {
+    let rt = s.view(&view)?;
+    let seq: u64 = seq
+        .parse()
+        .map_err(|_| Problem::invalid_id("seq must be a stream sequence number"))?;
+    if rt.skip(seq).await.map_err(|e| unavailable(&e))? {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(Problem::not_found(format!(
+            "no parked event at sequence {seq}"
+        )))
+    }
+}

@@ -1,0 +1,18 @@
+//! `projection`: the read-side service. See the library docs and README.md.
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = projection::Config::parse();
+    platform::telemetry::init(
+        config
+            .log_format
+            .unwrap_or_else(platform::telemetry::LogFormat::detect),
+    );
+    let shutdown = platform::shutdown::Shutdown::new();
+    shutdown.on_signals();
+    projection::run(config, shutdown).await.inspect_err(|e| {
+        tracing::error!(error = format!("{e:#}"), "projection failed");
+    })
+}

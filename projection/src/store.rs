@@ -1,0 +1,295 @@
+//! Storage of one view version: a KV bucket of documents plus a dead-letter bucket.
+//!
+//! - `VIEW_<name>_v<version>`: documents under `<tenant>.<key>` (history 1), plus
+//!   `_checkpoint` = `{"position": N}`: every event up to stream sequence N is applied, skipped
+//!   or parked. Every document carries `_position`, the stream sequence of the last event
+//!   applied to it.
+//! - `PARKED_<name>_v<version>`: `msg.<20-digit seq>` = a [`ParkedRecord`] and
+//!   `agg.<tenant>.<type>.<id>` = a [`ParkMark`] while an aggregate has parked events.
+
+use std::collections::BTreeMap;
+
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use futures::{StreamExt as _, TryStreamExt as _};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use shared::{AggregateAddress, TenantId};
+
+use crate::view::{DELETED_FIELD, POSITION_FIELD, View};
+
+/// The key of the checkpoint document.
+pub const CHECKPOINT_KEY: &str = "_checkpoint";
+
+/// A storage failure; always retryable from the engine's point of view.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {source}")]
+pub struct StoreError {
+    what: String,
+    #[source]
+    source: async_nats::Error,
+}
+
+impl StoreError {
+    pub(crate) fn new(what: impl Into<String>, source: impl Into<async_nats::Error>) -> Self {
+        StoreError {
+            what: what.into(),
+            source: source.into(),
+        }
+    }
+}
+
+/// The bucket of a view version's documents.
+pub fn view_bucket(view: &dyn View) -> String {
+    format!("VIEW_{}_v{}", view.name(), view.version())
+}
+
+/// The dead-letter bucket of a view version.
+pub fn parked_bucket(view: &dyn View) -> String {
+    format!("PARKED_{}_v{}", view.name(), view.version())
+}
+
+/// Opens a bucket, creating it (history 1) when missing.
+pub(crate) async fn open_bucket(
+    js: &jetstream::Context,
+    name: &str,
+    description: &str,
+    replicas: usize,
+) -> Result<kv::Store, StoreError> {
+    if let Ok(store) = js.get_key_value(name).await {
+        return Ok(store);
+    }
+    match js
+        .create_key_value(kv::Config {
+            bucket: name.to_owned(),
+            description: description.to_owned(),
+            history: 1,
+            num_replicas: replicas.max(1),
+            ..Default::default()
+        })
+        .await
+    {
+        Ok(store) => Ok(store),
+        // another instance may have created it in between
+        Err(e) => js
+            .get_key_value(name)
+            .await
+            .map_err(|_| StoreError::new(format!("creating bucket {name}"), e)),
+    }
+}
+
+/// A stored document with its KV revision.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredDoc {
+    /// The document (including `_position`); a tombstone has `_deleted: true`.
+    pub doc: Value,
+    /// The KV revision, for compare-and-set.
+    pub revision: u64,
+}
+
+impl StoredDoc {
+    /// `_position` of the document.
+    pub fn position(&self) -> u64 {
+        position_of(&self.doc)
+    }
+
+    /// Whether this is a tombstone.
+    pub fn is_deleted(&self) -> bool {
+        self.doc.get(DELETED_FIELD).and_then(Value::as_bool) == Some(true)
+    }
+}
+
+pub(crate) fn position_of(doc: &Value) -> u64 {
+    doc.get(POSITION_FIELD).and_then(Value::as_u64).unwrap_or(0)
+}
+
+/// Reads one key of a bucket as JSON.
+pub async fn read_doc(kv: &kv::Store, key: &str) -> Result<Option<StoredDoc>, StoreError> {
+    let entry = kv
+        .entry(key)
+        .await
+        .map_err(|e| StoreError::new(format!("reading {key}"), e))?;
+    Ok(entry.and_then(|e| {
+        if e.operation != kv::Operation::Put {
+            return None;
+        }
+        let doc = serde_json::from_slice(&e.value).ok()?;
+        Some(StoredDoc {
+            doc,
+            revision: e.revision,
+        })
+    }))
+}
+
+/// The view's checkpoint: every event up to this stream sequence is done.
+pub(crate) async fn read_checkpoint(kv: &kv::Store) -> Result<(u64, Option<u64>), StoreError> {
+    Ok(match read_doc(kv, CHECKPOINT_KEY).await? {
+        Some(d) => (
+            d.doc.get("position").and_then(Value::as_u64).unwrap_or(0),
+            Some(d.revision),
+        ),
+        None => (0, None),
+    })
+}
+
+/// The keys in a bucket under `prefix` (`prefix` ends with `.`), sorted.
+pub(crate) async fn keys_under(kv: &kv::Store, prefix: &str) -> Result<Vec<String>, StoreError> {
+    let filter = format!("{}{prefix}>", kv.prefix);
+    let mut info = kv
+        .stream
+        .info_with_subjects(&filter)
+        .await
+        .map_err(|e| StoreError::new(format!("listing {prefix}"), e))?;
+    let mut keys = Vec::new();
+    while let Some((subject, _count)) = info
+        .try_next()
+        .await
+        .map_err(|e| StoreError::new(format!("listing {prefix}"), e))?
+    {
+        if let Some(k) = subject.strip_prefix(kv.prefix.as_str()) {
+            keys.push(k.to_owned());
+        }
+    }
+    keys.sort();
+    Ok(keys)
+}
+
+/// One page of a tenant's documents.
+#[derive(Debug, Clone, Serialize)]
+pub struct Page {
+    /// `{"key", "document", "position"}` per document, ordered by key.
+    pub items: Vec<Value>,
+    /// The `after` of the next page, when there may be more.
+    pub next: Option<String>,
+}
+
+/// Lists `tenant`'s documents after `after` (a key within the tenant), at most `limit`. Only
+/// subjects under `<tenant>.` are asked for, so another tenant's documents are never read.
+pub(crate) async fn list_docs(
+    kv: &kv::Store,
+    tenant: &TenantId,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Page, StoreError> {
+    let prefix = format!("{tenant}.");
+    let keys = keys_under(kv, &prefix).await?;
+    let mut items = Vec::new();
+    let mut last = None;
+    let candidates = keys
+        .into_iter()
+        .filter_map(|k| k.strip_prefix(&prefix).map(str::to_owned))
+        .filter(|local| after.is_none_or(|a| local.as_str() > a));
+    let mut more = false;
+    let mut fetches = futures::stream::iter(candidates.map(|local| {
+        let full = format!("{prefix}{local}");
+        async move { read_doc(kv, &full).await.map(|d| (local, d)) }
+    }))
+    .buffered(32);
+    while let Some(r) = fetches.next().await {
+        let (local, doc) = r?;
+        let Some(doc) = doc.filter(|d| !d.is_deleted()) else {
+            continue;
+        };
+        if items.len() == limit {
+            more = true;
+            break;
+        }
+        items.push(doc_json(&local, &doc));
+        last = Some(local);
+    }
+    Ok(Page {
+        items,
+        next: if more { last } else { None },
+    })
+}
+
+/// The API shape of one document: `_`-fields are removed from `document`.
+pub fn doc_json(key: &str, doc: &StoredDoc) -> Value {
+    let mut document = doc.doc.clone();
+    if let Value::Object(m) = &mut document {
+        m.retain(|k, _| !k.starts_with('_'));
+    }
+    serde_json::json!({"key": key, "document": document, "position": doc.position()})
+}
+
+/// A parked message, as stored under `msg.<seq>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ParkedRecord {
+    /// The original subject.
+    pub subject: String,
+    /// Its stream sequence.
+    pub seq: u64,
+    /// Why it was parked.
+    pub error: String,
+    /// The original body, base64 (standard alphabet).
+    pub body_base64: String,
+    /// The original headers (last value of each).
+    pub headers: BTreeMap<String, String>,
+    /// `<tenant>.<type>.<id>` when the subject names an aggregate.
+    pub aggregate: Option<String>,
+    /// When it was parked (RFC 3339).
+    pub parked_at: String,
+}
+
+/// Marks an aggregate as parked: its later events are parked behind `first_seq`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ParkMark {
+    /// The first parked event of the aggregate.
+    pub first_seq: u64,
+    /// The last event parked behind it (bumped with compare-and-set on every park, so a
+    /// concurrent retry notices).
+    pub last_seq: u64,
+}
+
+/// `msg.<20-digit seq>`.
+pub fn parked_msg_key(seq: u64) -> String {
+    format!("msg.{seq:020}")
+}
+
+/// `agg.<tenant>.<type>.<id>`.
+pub fn park_mark_key(address: &AggregateAddress) -> String {
+    format!("agg.{}", aggregate_token(address))
+}
+
+/// `<tenant>.<type>.<id>`.
+pub fn aggregate_token(address: &AggregateAddress) -> String {
+    format!(
+        "{}.{}.{}",
+        address.tenant_id, address.aggregate_type, address.aggregate_id
+    )
+}
+
+/// Every parked record, in sequence order.
+pub(crate) async fn parked_records(kv: &kv::Store) -> Result<Vec<ParkedRecord>, StoreError> {
+    let keys = keys_under(kv, "msg.").await?;
+    let mut out = Vec::new();
+    for k in keys {
+        if let Some(d) = read_doc(kv, &k).await?
+            && let Ok(r) = serde_json::from_value::<ParkedRecord>(d.doc)
+        {
+            out.push(r);
+        }
+    }
+    out.sort_by_key(|r| r.seq);
+    Ok(out)
+}
+
+/// Every park mark: aggregate token → (mark, revision).
+pub(crate) async fn park_marks(
+    kv: &kv::Store,
+) -> Result<BTreeMap<String, (ParkMark, u64)>, StoreError> {
+    let mut out = BTreeMap::new();
+    for k in keys_under(kv, "agg.").await? {
+        if let Some(d) = read_doc(kv, &k).await?
+            && let Ok(m) = serde_json::from_value::<ParkMark>(d.doc)
+            && let Some(token) = k.strip_prefix("agg.")
+        {
+            out.insert(token.to_owned(), (m, d.revision));
+        }
+    }
+    Ok(out)
+}
+
+pub(crate) fn to_bytes(v: &impl Serialize) -> Bytes {
+    Bytes::from(serde_json::to_vec(v).unwrap_or_default())
+}

@@ -1,0 +1,303 @@
+//! Consumption: decoding, ordering across instances, fail-over, resume and replay.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use projection::view::{Fold, View, ViewError};
+use serde_json::{Value, json};
+use shared::{EventEnvelope, ViewName};
+use testkit::NatsServer;
+
+use crate::support::*;
+
+const FIXTURE_LEGACY: &str = include_str!("../../../shared/tests/fixtures/legacy_envelope.json");
+const FIXTURE_EVENT: &str = include_str!("../../../shared/tests/fixtures/event.json");
+const FIXTURE_FUTURE: &str = include_str!("../../../shared/tests/fixtures/future_event.json");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn aggregate_events_legacy_and_future_envelopes_all_apply() {
+    let server = NatsServer::start();
+    // the projection starts first, on a server without the stream
+    let p = projection(&server).await;
+    let agg = aggregate(&server).await;
+    let a = account("acme", "a1");
+    open(&agg, &a).await;
+    send(&agg, &a, cmd("deposit", json!({"amount": 250}))).await;
+    let last = send(&agg, &a, cmd("withdraw", json!({"amount": 50}))).await;
+
+    // legacy: no ids, no version
+    publish_raw(
+        &p.app.client,
+        "tenant.acme.aggregate.account.acc-legacy",
+        FIXTURE_LEGACY.into(),
+    )
+    .await;
+    // acc-1: an opened event (v1), then the golden v2 and the v3 with unknown fields
+    publish_raw(
+        &p.app.client,
+        "tenant.acme.aggregate.account.acc-1",
+        envelope(
+            "acme",
+            "acc-1",
+            Some(1),
+            "opened",
+            json!({"owner": "Bo", "currency": "EUR"}),
+        ),
+    )
+    .await;
+    publish_raw(
+        &p.app.client,
+        "tenant.acme.aggregate.account.acc-1",
+        FIXTURE_EVENT.into(),
+    )
+    .await;
+    let seq = publish_raw(
+        &p.app.client,
+        "tenant.acme.aggregate.account.acc-1",
+        FIXTURE_FUTURE.into(),
+    )
+    .await;
+    assert!(seq > last.position);
+
+    let (status, body) = p
+        .get(&format!(
+            "/v1/tenants/acme/views/accounts/a1?min_position={}",
+            last.position
+        ))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["document"]["balance"], 200);
+    assert_eq!(body["document"]["version"], 3);
+    assert_eq!(body["document"]["status"], "open");
+    assert_eq!(body["position"], last.position);
+
+    let (status, body) = p
+        .get(&format!(
+            "/v1/tenants/acme/views/accounts/acc-legacy?min_position={seq}"
+        ))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["document"]["owner"], "Ada");
+    assert_eq!(body["document"]["version"], 1);
+
+    let (status, body) = p.get("/v1/tenants/acme/views/accounts/acc-1").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["document"]["balance"], 1000);
+    assert_eq!(body["document"]["version"], 3);
+    assert_eq!(body["position"], seq);
+
+    let (status, body) = p.get("/v1/tenants/acme/views/tenant-summary/summary").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["document"]["open_accounts"], 3);
+    assert_eq!(body["document"]["totals"]["EUR"], 1200);
+    assert_eq!(p.counter("events_parked", "accounts"), 0);
+    p.stop().await;
+}
+
+/// Compares every account document with the aggregate's own state.
+async fn assert_views_match(
+    p: &Instance,
+    agg: &aggregate::App,
+    accounts: &[shared::AggregateAddress],
+) {
+    for a in accounts {
+        let loaded = agg.runtime.load(a).await.expect("load");
+        let state = agg.runtime.state_json(a, &loaded);
+        let key = format!("{}.{}", a.tenant_id, a.aggregate_id);
+        let doc = projection::store::read_doc(&p.view("accounts").docs, &key)
+            .await
+            .expect("read")
+            .unwrap_or_else(|| panic!("{key} missing"));
+        assert_eq!(doc.doc["balance"], state["balance"], "{key}");
+        assert_eq!(doc.doc["status"], state["status"], "{key}");
+        assert_eq!(doc.doc["version"], json!(loaded.version.get()), "{key}");
+        assert_eq!(
+            doc.position(),
+            loaded.last_seq,
+            "{key}: _position is the last event"
+        );
+    }
+}
+
+/// Writes `per_account` events to each of `n` accounts, concurrently across accounts.
+async fn write_load(
+    agg: &Arc<aggregate::App>,
+    tenant: &str,
+    n: usize,
+    per_account: usize,
+) -> (Vec<shared::AggregateAddress>, u64) {
+    let accounts: Vec<_> = (0..n)
+        .map(|i| account(tenant, &format!("acc{i}")))
+        .collect();
+    let results = futures::stream::iter(accounts.clone().into_iter().map(|a| {
+        let agg = agg.clone();
+        async move {
+            let mut last = open(&agg, &a).await.position;
+            for k in 1..per_account {
+                let c = if k % 3 == 0 {
+                    cmd("withdraw", json!({"amount": 1}))
+                } else {
+                    cmd("deposit", json!({"amount": 2}))
+                };
+                last = send(&agg, &a, c).await.position;
+            }
+            last
+        }
+    }))
+    .buffer_unordered(n)
+    .collect::<Vec<u64>>()
+    .await;
+    (accounts, results.into_iter().max().unwrap_or(0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_on_one_durable_apply_every_event_exactly_once() {
+    let server = NatsServer::start();
+    let agg = Arc::new(aggregate(&server).await);
+    let one = projection(&server).await;
+    let two = projection(&server).await;
+    let (accounts, last) = write_load(&agg, "acme", 50, 100).await;
+    one.caught_up("accounts", last, Duration::from_secs(60))
+        .await;
+    assert_views_match(&one, &agg, &accounts).await;
+    let applied =
+        one.counter("events_applied", "accounts") + two.counter("events_applied", "accounts");
+    assert_eq!(
+        applied, 5_000,
+        "every event applied once, by one of the instances"
+    );
+    let dup =
+        one.counter("events_duplicate", "accounts") + two.counter("events_duplicate", "accounts");
+    assert_eq!(dup, 0);
+    // the summary agrees with the accounts
+    two.caught_up("tenant-summary", last, Duration::from_secs(30))
+        .await;
+    let (status, body) = two
+        .get("/v1/tenants/acme/views/tenant-summary/summary")
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["document"]["open_accounts"], 50);
+    // per account: 1 open + 66 deposits of 2 + 33 withdrawals of 1 = 99
+    assert_eq!(body["document"]["totals"]["EUR"], 50 * 99);
+    one.stop().await;
+    two.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_instance_is_replaced_and_views_converge_without_double_apply() {
+    let server = NatsServer::start();
+    let agg = Arc::new(aggregate(&server).await);
+    let first = projection(&server).await;
+    let writer = {
+        let agg = agg.clone();
+        tokio::spawn(async move { write_load(&agg, "acme", 20, 60).await })
+    };
+    // kill it once it has committed something but (very likely) not everything
+    let rt = first.view("accounts");
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            rt.checkpoint().await.is_ok_and(|p| p > 100)
+        })
+        .await
+    );
+    first.kill();
+    let standby = projection(&server).await;
+    let (accounts, last) = writer.await.expect("writer");
+    standby
+        .caught_up("accounts", last, Duration::from_secs(60))
+        .await;
+    assert_views_match(&standby, &agg, &accounts).await;
+    standby
+        .caught_up("tenant-summary", last, Duration::from_secs(30))
+        .await;
+    let (_, body) = standby
+        .get("/v1/tenants/acme/views/tenant-summary/summary")
+        .await;
+    // per account: 40 deposits of 2 - 19 withdrawals of 1 = 61
+    assert_eq!(body["document"]["totals"]["EUR"], 20 * 61);
+    standby.stop().await;
+}
+
+/// `accounts` under another version: a new consumer and a new bucket.
+struct AccountsV2;
+
+impl View for AccountsV2 {
+    fn name(&self) -> ViewName {
+        "accounts".parse().expect("name")
+    }
+    fn version(&self) -> u32 {
+        2
+    }
+    fn key(&self, env: &EventEnvelope) -> Option<String> {
+        projection::views::Accounts.key(env)
+    }
+    fn apply(&self, doc: Option<Value>, env: &EventEnvelope) -> Result<Fold, ViewError> {
+        projection::views::Accounts.apply(doc, env)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restart_resumes_and_a_new_version_replays_everything() {
+    let server = NatsServer::start();
+    let agg = aggregate(&server).await;
+    let a = account("acme", "r1");
+    let p = projection(&server).await;
+    open(&agg, &a).await;
+    let mut last = 0;
+    for _ in 0..20 {
+        last = send(&agg, &a, cmd("deposit", json!({"amount": 1})))
+            .await
+            .position;
+    }
+    p.caught_up("accounts", last, Duration::from_secs(30)).await;
+    assert_eq!(p.counter("events_applied", "accounts"), 21);
+    p.stop().await;
+
+    // same version: resumes after the last acknowledged event
+    let p = projection(&server).await;
+    let next = send(&agg, &a, cmd("deposit", json!({"amount": 1})))
+        .await
+        .position;
+    p.caught_up("accounts", next, Duration::from_secs(30)).await;
+    assert_eq!(
+        p.counter("events_applied", "accounts"),
+        1,
+        "only the new event"
+    );
+    assert_eq!(p.counter("events_duplicate", "accounts"), 0);
+    let js = async_nats::jetstream::new(p.app.client.clone());
+    let stream = js.get_stream(shared::STREAM_NAME).await.expect("stream");
+    let info = stream
+        .consumer_info("view-accounts-v1")
+        .await
+        .expect("consumer");
+    assert_eq!(info.ack_floor.stream_sequence, next);
+    p.stop().await;
+
+    // new version: replays everything into a new bucket
+    let p2 = projection_with(&server, &[], vec![Arc::new(AccountsV2)]).await;
+    p2.caught_up("accounts", next, Duration::from_secs(30))
+        .await;
+    assert_eq!(p2.counter("events_applied", "accounts"), 22);
+    assert_eq!(p2.view("accounts").docs.name, "VIEW_accounts_v2");
+    let (status, body) = p2.get("/v1/tenants/acme/views/accounts/r1").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["document"]["balance"], 21);
+    p2.stop().await;
+}
+
+#[tokio::test]
+async fn a_consumer_with_another_configuration_is_refused_not_overwritten() {
+    let server = NatsServer::start();
+    let p = projection(&server).await;
+    p.stop().await;
+    let cfg = config(&server, &["--max-deliver", "5"]);
+    let err = projection::start(&cfg, projection::default_views())
+        .await
+        .err()
+        .expect("refused");
+    let text = format!("{err:#}");
+    assert!(text.contains("max_deliver: expected 5, found 10"), "{text}");
+    assert!(text.contains("view-accounts-v1"), "{text}");
+}

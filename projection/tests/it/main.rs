@@ -1,0 +1,6 @@
+//! Integration tests of the projection service against a real nats-server.
+
+mod consume;
+mod http;
+mod parking;
+mod support;

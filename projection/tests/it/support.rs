@@ -1,0 +1,255 @@
+//! Test support: a real server, aggregate instances to write events, projection instances.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aggregate::runtime::{CommandRequest, Outcome};
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use clap::Parser;
+use http_body_util::BodyExt;
+use platform::shutdown::Shutdown;
+use projection::view::View;
+use serde_json::{Value, json};
+use shared::{AggregateAddress, Metadata};
+use testkit::NatsServer;
+use tokio::task::JoinHandle;
+use tower::ServiceExt;
+
+fn leak(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
+}
+
+/// Fast fail-over settings: a dead instance's pin moves after 1 s, its unacknowledged events
+/// redeliver after 2 s.
+pub(crate) fn config(server: &NatsServer, extra: &[&str]) -> projection::Config {
+    let mut args = vec![
+        "projection",
+        "--nats-url",
+        leak(server.url()),
+        "--insecure-no-auth",
+        "--instance-id",
+        "test",
+        "--ack-wait-ms",
+        "2000",
+        "--priority-timeout-ms",
+        "1000",
+    ];
+    args.extend_from_slice(extra);
+    projection::Config::parse_from(args)
+}
+
+/// A running projection instance.
+pub(crate) struct Instance {
+    pub(crate) app: projection::App,
+    pub(crate) router: axum::Router,
+    pub(crate) shutdown: Shutdown,
+    pub(crate) tasks: Vec<JoinHandle<()>>,
+}
+
+impl Instance {
+    /// Stops pulling and waits for the batch in flight to be acked.
+    pub(crate) async fn stop(self) {
+        self.shutdown.trigger();
+        for t in self.tasks {
+            t.await.expect("projector task");
+        }
+    }
+
+    /// Kills the consumer loops wherever they are (no drain, no ack).
+    pub(crate) fn kill(&self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+
+    pub(crate) fn counter(&self, name: &str, view: &str) -> u64 {
+        counter(&self.app.metrics.render(), name, view)
+    }
+
+    pub(crate) async fn get(&self, uri: &str) -> (StatusCode, Value) {
+        call(&self.router, "GET", uri).await
+    }
+
+    pub(crate) async fn post(&self, uri: &str) -> (StatusCode, Value) {
+        call(&self.router, "POST", uri).await
+    }
+
+    pub(crate) fn view(&self, name: &str) -> &projection::engine::ViewRuntime {
+        self.app.views.get(name).expect("view")
+    }
+
+    /// Waits until `view`'s checkpoint reaches `position`.
+    pub(crate) async fn caught_up(&self, view: &str, position: u64, within: Duration) {
+        let rt = self.view(view);
+        let ok = eventually(within, || async {
+            rt.checkpoint().await.is_ok_and(|p| p >= position)
+        })
+        .await;
+        let at = rt.checkpoint().await.unwrap_or(0);
+        assert!(
+            ok,
+            "view {view} at {at}, expected {position} within {within:?}"
+        );
+    }
+}
+
+pub(crate) async fn projection_with(
+    server: &NatsServer,
+    extra: &[&str],
+    views: Vec<Arc<dyn View>>,
+) -> Instance {
+    let cfg = config(server, extra);
+    let mut app = projection::start(&cfg, views)
+        .await
+        .expect("start projection");
+    let router = projection::app(&app, platform::auth::Authenticator::disabled(), cfg.http());
+    let shutdown = Shutdown::new();
+    let tasks = app.spawn_projectors(&shutdown);
+    Instance {
+        app,
+        router,
+        shutdown,
+        tasks,
+    }
+}
+
+pub(crate) async fn projection(server: &NatsServer) -> Instance {
+    projection_with(server, &[], projection::default_views()).await
+}
+
+/// The value of `projection_<name>_total{view=...}` in an OpenMetrics text.
+pub(crate) fn counter(text: &str, name: &str, view: &str) -> u64 {
+    let prefix = format!("projection_{name}_total{{");
+    text.lines()
+        .filter(|l| l.starts_with(&prefix) && l.contains(&format!("view=\"{view}\"")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+pub(crate) async fn call(router: &axum::Router, method: &str, uri: &str) -> (StatusCode, Value) {
+    let response = router
+        .clone()
+        .oneshot(
+            Request::builder()
+                .method(method)
+                .uri(uri)
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await
+        .expect("infallible");
+    let status = response.status();
+    let problem = response
+        .headers()
+        .get("content-type")
+        .is_some_and(|v| v == "application/problem+json");
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    let mut body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    if problem && let Value::Object(m) = &mut body {
+        m.insert("_problem".into(), json!(true));
+    }
+    (status, body)
+}
+
+pub(crate) async fn aggregate(server: &NatsServer) -> aggregate::App {
+    let cfg = aggregate::Config::parse_from([
+        "aggregate",
+        "--nats-url",
+        leak(server.url()),
+        "--insecure-no-auth",
+        "--instance-id",
+        "test",
+    ]);
+    aggregate::start(&cfg, aggregate::default_aggregates())
+        .await
+        .expect("start aggregate")
+}
+
+pub(crate) fn account(tenant: &str, id: &str) -> AggregateAddress {
+    AggregateAddress::new(
+        tenant.parse().expect("tenant"),
+        "account".parse().expect("type"),
+        id.parse().expect("id"),
+    )
+}
+
+pub(crate) fn cmd(t: &str, payload: Value) -> CommandRequest {
+    CommandRequest {
+        command_id: None,
+        command_type: t.to_owned(),
+        payload,
+        expected_version: None,
+        metadata: Metadata::new(),
+    }
+}
+
+pub(crate) async fn send(
+    app: &aggregate::App,
+    addr: &AggregateAddress,
+    c: CommandRequest,
+) -> Outcome {
+    app.runtime.handle(addr, c).await.expect("command accepted")
+}
+
+pub(crate) async fn open(app: &aggregate::App, addr: &AggregateAddress) -> Outcome {
+    send(
+        app,
+        addr,
+        cmd("open", json!({"owner": "Ada", "currency": "EUR"})),
+    )
+    .await
+}
+
+/// Publishes raw bytes on a subject of the events stream; returns the stream sequence.
+pub(crate) async fn publish_raw(client: &async_nats::Client, subject: &str, body: Vec<u8>) -> u64 {
+    let js = async_nats::jetstream::new(client.clone());
+    js.publish(subject.to_owned(), body.into())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored")
+        .sequence
+}
+
+/// A minimal envelope body (no ids), as an older producer would write it.
+pub(crate) fn envelope(
+    tenant: &str,
+    id: &str,
+    version: Option<u64>,
+    event_type: &str,
+    payload: Value,
+) -> Vec<u8> {
+    let mut v = json!({
+        "tenant_id": tenant, "aggregate_type": "account", "aggregate_id": id,
+        "event_type": event_type, "payload": payload,
+        "occurred_at": "2026-01-01T00:00:00Z",
+    });
+    if let Some(version) = version {
+        v["version"] = json!(version);
+    }
+    serde_json::to_vec(&v).expect("json")
+}
+
+/// Polls `check` until it holds or `within` passes.
+pub(crate) async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -82,9 +82,9 @@ impl ConsumerSettings {
             .collect()
     }
 
-    /// The consumer configuration of `view`.
-    pub fn consumer_config(&self, view: &dyn View) -> pull::Config {
-        let name = shared::durable_consumer_name(&view.name(), view.version());
+    /// The consumer configuration of `view` in `generation` (0 unless rebuilt).
+    pub fn consumer_config(&self, view: &dyn View, generation: u32) -> pull::Config {
+        let name = shared::generation_consumer_name(&view.name(), view.version(), generation);
         pull::Config {
             durable_name: Some(name.clone()),
             name: Some(name),
@@ -315,6 +315,8 @@ pub struct ViewRuntime {
     labels: ViewLabels,
     /// Set while the consumer loop runs.
     pub running: AtomicBool,
+    /// Which generation of the view version this is (0 unless rebuilt).
+    pub generation: u32,
 }
 
 /// What applying one event did.
@@ -392,17 +394,18 @@ impl ViewRuntime {
         view: Arc<dyn View>,
         metrics: ViewMetrics,
         replicas: usize,
+        generation: u32,
     ) -> Result<Self, StoreError> {
         let docs = store::open_bucket(
             js,
-            &store::view_bucket(&*view),
+            &store::view_bucket(&*view, generation),
             &format!("documents of view {} v{}", view.name(), view.version()),
             replicas,
         )
         .await?;
         let parked = store::open_bucket(
             js,
-            &store::parked_bucket(&*view),
+            &store::parked_bucket(&*view, generation),
             &format!("parked events of view {} v{}", view.name(), view.version()),
             replicas,
         )
@@ -427,6 +430,7 @@ impl ViewRuntime {
             metrics,
             labels,
             running: AtomicBool::new(false),
+            generation,
         })
     }
 
@@ -656,7 +660,8 @@ impl Projector {
         rt: Arc<ViewRuntime>,
         settings: ConsumerSettings,
     ) -> Result<Self, StartError> {
-        let consumer = ensure_consumer(js, &settings.consumer_config(&*rt.view)).await?;
+        let consumer =
+            ensure_consumer(js, &settings.consumer_config(&*rt.view, rt.generation)).await?;
         let (checkpoint, checkpoint_rev) = store::read_checkpoint(&rt.docs).await?;
         Ok(Projector {
             rt,

@@ -17,27 +17,38 @@ use shared::{AggregateId, TenantId};
 use tokio::time::Instant;
 
 use crate::engine::ViewRuntime;
+use crate::rebuild::{Generations, RebuildStatus, ViewSlot};
 use crate::store::{self, StoreError};
 
 /// The views served, by name.
-pub type ViewMap = BTreeMap<String, Arc<ViewRuntime>>;
+pub type ViewMap = BTreeMap<String, Arc<ViewSlot>>;
 
 #[derive(Clone)]
 pub(crate) struct ApiState {
     views: Arc<ViewMap>,
+    generations: Generations,
     min_position_timeout: Duration,
 }
 
 /// The API routes (apply auth with `route_layer`).
-pub fn routes(views: Arc<ViewMap>, min_position_timeout: Duration) -> Router {
+pub fn routes(
+    views: Arc<ViewMap>,
+    generations: Generations,
+    min_position_timeout: Duration,
+) -> Router {
     Router::new()
         .route("/v1/tenants/{tenant}/views/{view}", get(list))
         .route("/v1/tenants/{tenant}/views/{view}/{key}", get(get_doc))
         .route("/v1/admin/views/{view}/parked", get(list_parked))
         .route("/v1/admin/views/{view}/parked/retry", post(retry))
         .route("/v1/admin/views/{view}/parked/{seq}/skip", post(skip))
+        .route(
+            "/v1/admin/views/{view}/rebuild",
+            post(start_rebuild).get(rebuild_status),
+        )
         .with_state(ApiState {
             views,
+            generations,
             min_position_timeout,
         })
 }
@@ -48,7 +59,11 @@ fn unavailable(e: &StoreError) -> Problem {
 }
 
 impl ApiState {
-    fn view(&self, name: &str) -> Result<&Arc<ViewRuntime>, Problem> {
+    fn view(&self, name: &str) -> Result<Arc<ViewRuntime>, Problem> {
+        self.slot(name).map(|s| s.current())
+    }
+
+    fn slot(&self, name: &str) -> Result<&Arc<ViewSlot>, Problem> {
         self.views.get(name).ok_or_else(|| {
             Problem::new(StatusCode::NOT_FOUND, "unknown-view", "Unknown view")
                 .detail(format!("there is no view named {name:?}"))
@@ -120,7 +135,7 @@ pub(crate) async fn get_doc(
     let tenant: TenantId = parse_id(&tenant)?;
     let key: AggregateId = parse_id(&key)?;
     let rt = s.view(&view)?;
-    s.wait_for(rt, q.min_position).await?;
+    s.wait_for(&rt, q.min_position).await?;
     let full = ViewRuntime::full_key(tenant.as_str(), key.as_str());
     let doc = store::read_doc(&rt.docs, &full)
         .await
@@ -175,7 +190,7 @@ pub(crate) async fn list(
         None => None,
     };
     let rt = s.view(&view)?;
-    s.wait_for(rt, q.min_position).await?;
+    s.wait_for(&rt, q.min_position).await?;
     let page = store::list_docs(
         &rt.docs,
         &tenant,
@@ -298,4 +313,105 @@ pub(crate) async fn skip(
             "no parked event at sequence {seq}"
         )))
     }
+}
+
+/// Starts a rebuild of a view (admin): replays the stream into a fresh generation and switches
+/// queries to it once caught up. Progress at `GET` on the same path.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/views/{view}/rebuild",
+    params(("view" = String, Path, description = "View name")),
+    responses(
+        (status = 202, description = "Started", body = Object),
+        (status = 401, description = "Missing or invalid token", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin token", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown view", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
+        (status = 409, description = "A rebuild of this view is already running here", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn start_rebuild(
+    State(s): State<ApiState>,
+    Path(view): Path<String>,
+) -> Result<Response, Problem> {
+    let slot = s.slot(&view)?.clone();
+    {
+        let mut status = slot.rebuild.lock().map_err(|_| Problem::internal())?;
+        if status.state == "running" {
+            return Err(Problem::new(
+                StatusCode::CONFLICT,
+                "rebuild-running",
+                "A rebuild is already running",
+            )
+            .detail(format!("view {view} is being rebuilt by this instance")));
+        }
+        *status = RebuildStatus {
+            state: "running",
+            ..RebuildStatus::default()
+        };
+    }
+    let generations = s.generations.clone();
+    let target = slot.current().view.clone();
+    let tracker = slot.clone();
+    tokio::spawn(async move {
+        let result = generations
+            .rebuild(target, |p| {
+                if let Ok(mut st) = tracker.rebuild.lock() {
+                    st.done = p.done;
+                    st.total = p.total;
+                    st.rate = p.rate;
+                    st.eta_secs = p.eta.map(|d| d.as_secs_f64());
+                }
+            })
+            .await;
+        if let Ok(mut st) = tracker.rebuild.lock() {
+            match result {
+                Ok(g) => {
+                    st.state = "done";
+                    st.generation = Some(g);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "rebuild failed");
+                    st.state = "failed";
+                    st.error = Some(e.to_string());
+                }
+            }
+        }
+    });
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(json!({"state": "running"})),
+    )
+        .into_response())
+}
+
+/// Progress of the last rebuild started on this instance (admin).
+#[utoipa::path(
+    get,
+    path = "/v1/admin/views/{view}/rebuild",
+    params(("view" = String, Path, description = "View name")),
+    responses(
+        (status = 200, description = "State (idle, running, done, failed), progress and the live generation", body = Object),
+        (status = 401, description = "Missing or invalid token", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin token", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown view", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn rebuild_status(
+    State(s): State<ApiState>,
+    Path(view): Path<String>,
+) -> Result<Response, Problem> {
+    let slot = s.slot(&view)?;
+    let mut status = slot
+        .rebuild
+        .lock()
+        .map_err(|_| Problem::internal())?
+        .clone();
+    if status.state.is_empty() {
+        status.state = "idle";
+    }
+    Ok(axum::Json(json!({
+        "rebuild": status,
+        "live_generation": slot.current().generation,
+    }))
+    .into_response())
 }

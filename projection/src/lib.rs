@@ -6,12 +6,14 @@
 //! - [`views`]: the shipped `accounts` and `tenant-summary` views.
 //! - [`engine`]: consumers, batches, compare-and-set writes, checkpoint, parking.
 //! - [`store`]: bucket layout and reads.
+//! - [`rebuild`]: generations of a view version and rebuilds that switch without downtime.
 //! - [`http`]: the HTTP API.
 
 pub mod engine;
 pub mod http;
 pub mod metrics;
 pub mod openapi;
+pub mod rebuild;
 pub mod store;
 pub mod view;
 pub mod views;
@@ -32,9 +34,10 @@ use platform::shutdown::Shutdown;
 use platform::telemetry::LogFormat;
 use tokio::task::JoinHandle;
 
-use crate::engine::{ConsumerSettings, Projector, ViewRuntime};
+use crate::engine::{ConsumerSettings, Projector};
 use crate::http::ViewMap;
 use crate::metrics::ViewMetrics;
+use crate::rebuild::{Generations, ViewSlot};
 use crate::view::View;
 
 /// Service configuration, from flags or environment. Every default is the documented
@@ -46,6 +49,9 @@ use crate::view::View;
     about = "The read side of the event store"
 )]
 pub struct Config {
+    /// What to do (default: serve).
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// Address to serve HTTP on.
     #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:8082")]
     pub http_addr: SocketAddr,
@@ -94,7 +100,29 @@ pub struct Config {
     pub cache_capacity: usize,
 }
 
+/// Commands besides serving.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Replays a view from the start of the stream into a fresh generation with a progress
+    /// bar, then switches every instance's queries to it (no moment without a caught-up view).
+    Rebuild {
+        /// The view to rebuild, e.g. `accounts`.
+        #[arg(long)]
+        view: String,
+    },
+}
+
 impl Config {
+    /// Parses flags (without the program name), with the environment as fallback.
+    ///
+    /// # Panics
+    /// On invalid flags (meant for tests and tools; `main` uses `clap::Parser::parse`).
+    pub fn parse_from_args(args: &[&str]) -> Self {
+        <Self as clap::Parser>::parse_from(
+            std::iter::once("projection").chain(args.iter().copied()),
+        )
+    }
+
     /// The instance id, or `<hostname>-<pid>`.
     pub fn instance(&self) -> String {
         self.instance_id.clone().unwrap_or_else(|| {
@@ -145,7 +173,9 @@ pub struct App {
     pub draining: Arc<AtomicBool>,
     /// The views, by name.
     pub views: Arc<ViewMap>,
-    projectors: Vec<Projector>,
+    /// Opens generations and runs rebuilds.
+    pub generations: Generations,
+    projectors: Vec<(Arc<ViewSlot>, Projector)>,
     min_position_timeout: Duration,
 }
 
@@ -153,17 +183,16 @@ impl App {
     /// Starts every view's consumer loop (and its lag poller); they stop when `shutdown`
     /// fires, after finishing the batch in flight.
     pub fn spawn_projectors(&mut self, shutdown: &Shutdown) -> Vec<JoinHandle<()>> {
-        let mut handles = Vec::new();
-        for p in self.projectors.drain(..) {
-            handles.push(tokio::spawn(engine::poll_lag(
-                p.runtime().clone(),
-                p.consumer().clone(),
-                Duration::from_secs(5),
-                shutdown.clone(),
-            )));
-            handles.push(tokio::spawn(p.run(shutdown.clone())));
-        }
-        handles
+        self.projectors
+            .drain(..)
+            .map(|(slot, p)| {
+                tokio::spawn(
+                    self.generations
+                        .clone()
+                        .supervise(slot, p, shutdown.clone()),
+                )
+            })
+            .collect()
     }
 }
 
@@ -178,27 +207,31 @@ pub async fn start(config: &Config, views: Vec<Arc<dyn View>>) -> anyhow::Result
     platform::nats::ensure_stream(&js, &spec).await?;
     let metrics = Metrics::new("projection");
     let view_metrics = ViewMetrics::register(&metrics);
-    let settings = config.consumer();
+    let generations = Generations::open(&js, config.consumer(), view_metrics)
+        .await
+        .context("opening the view generations bucket")?;
     let mut map = BTreeMap::new();
     let mut projectors = Vec::new();
     for view in views {
         let name = view.name().to_string();
-        let rt = Arc::new(
-            ViewRuntime::open(&js, view, view_metrics.clone(), settings.replicas)
-                .await
-                .with_context(|| format!("opening the buckets of view {name}"))?,
-        );
-        let projector = Projector::new(&js, rt.clone(), settings)
+        let generation = generations
+            .live(&*view)
+            .await
+            .with_context(|| format!("reading the generation of view {name}"))?;
+        let projector = generations
+            .open_projector(view, generation)
             .await
             .with_context(|| format!("starting view {name}"))?;
-        projectors.push(projector);
-        map.insert(name, rt);
+        let slot = Arc::new(ViewSlot::new(projector.runtime().clone()));
+        projectors.push((slot.clone(), projector));
+        map.insert(name, slot);
     }
     Ok(App {
         client,
         metrics,
         draining: Arc::new(AtomicBool::new(false)),
         views: Arc::new(map),
+        generations,
         projectors,
         min_position_timeout: Duration::from_millis(config.min_position_timeout_ms),
     })
@@ -206,9 +239,15 @@ pub async fn start(config: &Config, views: Vec<Arc<dyn View>>) -> anyhow::Result
 
 /// The complete router: API (behind auth) plus ops routes, in the shared middleware stack.
 pub fn app(app: &App, auth: Authenticator, http: HttpSettings) -> Router {
-    let api = http::routes(app.views.clone(), app.min_position_timeout).route_layer(
-        axum::middleware::from_fn_with_state(auth, platform::auth::require_auth),
-    );
+    let api = http::routes(
+        app.views.clone(),
+        app.generations.clone(),
+        app.min_position_timeout,
+    )
+    .route_layer(axum::middleware::from_fn_with_state(
+        auth,
+        platform::auth::require_auth,
+    ));
     let client = app.client.clone();
     let draining = app.draining.clone();
     let views = app.views.clone();
@@ -217,8 +256,8 @@ pub fn app(app: &App, auth: Authenticator, http: HttpSettings) -> Router {
         if !platform::nats::is_connected(&client) {
             failing.push("nats: not connected".to_owned());
         }
-        for (name, rt) in views.iter() {
-            if !rt.running.load(Ordering::Relaxed) {
+        for (name, slot) in views.iter() {
+            if !slot.current().running.load(Ordering::Relaxed) {
                 failing.push(format!("view {name}: consumer not running"));
             }
         }
@@ -236,6 +275,62 @@ pub fn app(app: &App, auth: Authenticator, http: HttpSettings) -> Router {
             &<openapi::ApiDoc as utoipa::OpenApi>::openapi(),
         ));
     platform::http::finish(router, http, app.metrics.clone())
+}
+
+/// `projection rebuild --view NAME`: rebuilds one view with a progress bar on stderr (and a
+/// log line every few seconds when stderr is not a terminal). Returns the new generation.
+pub async fn rebuild_cli(config: &Config, view_name: &str) -> anyhow::Result<u32> {
+    let view = default_views()
+        .into_iter()
+        .find(|v| v.name().as_str() == view_name)
+        .ok_or_else(|| {
+            let names: Vec<String> = default_views()
+                .iter()
+                .map(|v| v.name().to_string())
+                .collect();
+            anyhow::anyhow!("no view named {view_name:?}; views: {}", names.join(", "))
+        })?;
+    let client = platform::nats::connect(&config.nats, "projection-rebuild", &config.instance())
+        .await
+        .map_err(|e| anyhow::anyhow!("connecting to NATS: {e}"))?;
+    let js = async_nats::jetstream::new(client.clone());
+    platform::nats::ensure_stream(
+        &js,
+        &shared::StreamSpec::events(config.nats.stream_replicas),
+    )
+    .await?;
+    let metrics = Metrics::new("projection");
+    let generations = Generations::open(&js, config.consumer(), ViewMetrics::register(&metrics))
+        .await
+        .context("opening the view generations bucket")?;
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{elapsed_precise}] {wide_bar} {pos}/{len} events, {per_sec}, ETA {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message(format!("rebuilding {view_name}"));
+    let mut last_log = std::time::Instant::now();
+    let generation = generations
+        .rebuild(view, |p| {
+            bar.set_length(p.total);
+            bar.set_position(p.done);
+            if bar.is_hidden() && last_log.elapsed() > Duration::from_secs(2) {
+                last_log = std::time::Instant::now();
+                tracing::info!(
+                    done = p.done,
+                    total = p.total,
+                    rate = format!("{:.0}/s", p.rate),
+                    eta_secs = p.eta.map(|d| d.as_secs()),
+                    "rebuild progress"
+                );
+            }
+        })
+        .await?;
+    bar.finish_with_message(format!("rebuilt {view_name} into generation {generation}"));
+    let _ = client.flush().await;
+    Ok(generation)
 }
 
 /// Runs the service until `shutdown` fires, then drains within the grace period.

@@ -10,6 +10,15 @@ async fn main() -> anyhow::Result<()> {
             .log_format
             .unwrap_or_else(platform::telemetry::LogFormat::detect),
     );
+    if let Some(projection::Command::Rebuild { view }) = &config.command {
+        let generation = projection::rebuild_cli(&config, view)
+            .await
+            .inspect_err(|e| {
+                tracing::error!(error = format!("{e:#}"), "rebuild failed");
+            })?;
+        tracing::info!(view = %view, generation, "rebuild done");
+        return Ok(());
+    }
     let shutdown = platform::shutdown::Shutdown::new();
     shutdown.on_signals();
     projection::run(config, shutdown).await.inspect_err(|e| {

@@ -49,7 +49,9 @@ pub struct ParkedDoc {
         crate::http::list,
         crate::http::list_parked,
         crate::http::retry,
-        crate::http::skip
+        crate::http::skip,
+        crate::http::start_rebuild,
+        crate::http::rebuild_status
     ),
     components(schemas(DocumentDoc, PageDoc, ParkedDoc, platform::problem::ProblemDetails)),
     modifiers(&BearerAuth)

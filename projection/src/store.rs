@@ -39,18 +39,79 @@ impl StoreError {
     }
 }
 
-/// The bucket of a view version's documents.
-pub fn view_bucket(view: &dyn View) -> String {
-    format!("VIEW_{}_v{}", view.name(), view.version())
+/// Suffix of a generation's bucket names: none for generation 0 (the original), `_g<g>` after
+/// rebuilds.
+fn generation_suffix(generation: u32) -> String {
+    match generation {
+        0 => String::new(),
+        g => format!("_g{g}"),
+    }
 }
 
-/// The dead-letter bucket of a view version.
-pub fn parked_bucket(view: &dyn View) -> String {
-    format!("PARKED_{}_v{}", view.name(), view.version())
+/// The bucket of a view version's documents, in one generation.
+pub fn view_bucket(view: &dyn View, generation: u32) -> String {
+    format!(
+        "VIEW_{}_v{}{}",
+        view.name(),
+        view.version(),
+        generation_suffix(generation)
+    )
+}
+
+/// The dead-letter bucket of a view version, in one generation.
+pub fn parked_bucket(view: &dyn View, generation: u32) -> String {
+    format!(
+        "PARKED_{}_v{}{}",
+        view.name(),
+        view.version(),
+        generation_suffix(generation)
+    )
+}
+
+/// The bucket holding, per view version, which generation queries and the live consumer use.
+pub const GENERATIONS_BUCKET: &str = "PROJECTION_GENERATIONS";
+
+/// The key of a view version in [`GENERATIONS_BUCKET`]: `<name>.v<version>`.
+pub fn generation_key(view: &dyn View) -> String {
+    format!("{}.v{}", view.name(), view.version())
+}
+
+/// The current generation of a view version (0 when never rebuilt) and the key's revision.
+pub async fn read_generation(
+    kv: &kv::Store,
+    view: &dyn View,
+) -> Result<(u32, Option<u64>), StoreError> {
+    match kv.entry(generation_key(view)).await {
+        Ok(Some(e)) if e.operation == kv::Operation::Put => {
+            let g = serde_json::from_slice::<Value>(&e.value)
+                .ok()
+                .and_then(|v| v["generation"].as_u64())
+                .and_then(|g| u32::try_from(g).ok())
+                .unwrap_or(0);
+            Ok((g, Some(e.revision)))
+        }
+        Ok(Some(e)) => Ok((0, Some(e.revision))),
+        Ok(None) => Ok((0, None)),
+        Err(e) => Err(StoreError::new("reading the view generation", e)),
+    }
+}
+
+/// Opens the generations bucket.
+pub async fn open_generations(
+    js: &jetstream::Context,
+    replicas: usize,
+) -> Result<kv::Store, StoreError> {
+    open_bucket(
+        js,
+        GENERATIONS_BUCKET,
+        "which generation of each view version is live",
+        replicas,
+    )
+    .await
 }
 
 /// Opens a bucket, creating it (history 1) when missing.
-pub(crate) async fn open_bucket(
+pub async fn open_bucket(
     js: &jetstream::Context,
     name: &str,
     description: &str,

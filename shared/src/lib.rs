@@ -16,6 +16,9 @@ mod subject;
 pub use event::{CommandId, Event, EventEnvelope, EventId, Metadata, Version};
 pub use headers::*;
 pub use id::{AggregateId, AggregateType, IdError, MAX_ID_LEN, TenantId, ViewName};
-pub use naming::{MAX_CONSUMER_NAME_LEN, durable_consumer_name, ephemeral_fetch_consumer_name};
+pub use naming::{
+    MAX_CONSUMER_NAME_LEN, durable_consumer_name, ephemeral_fetch_consumer_name,
+    generation_consumer_name,
+};
 pub use stream::{Retention, STREAM_FILTER, STREAM_NAME, Storage, StreamSpec};
 pub use subject::{AggregateAddress, SubjectError};

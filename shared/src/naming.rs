@@ -20,6 +20,16 @@ pub fn durable_consumer_name(view: &ViewName, version: u32) -> String {
     format!("view-{view}-v{version}")
 }
 
+/// The durable consumer name of one generation of a view version. Generation 0 is the
+/// original ([`durable_consumer_name`]); a rebuild replays into generation `g > 0`:
+/// `view-<name>-v<version>-g<g>`.
+pub fn generation_consumer_name(view: &ViewName, version: u32, generation: u32) -> String {
+    match generation {
+        0 => durable_consumer_name(view, version),
+        g => format!("view-{view}-v{version}-g{g}"),
+    }
+}
+
 /// A fresh, unique name for one ad-hoc fetch of an aggregate's history:
 /// `fetch-<tenant>-<type>-<id>-<uuid>`, each id cut to 20 bytes. Two calls never return the
 /// same name (the uuid is v4, 122 random bits).

@@ -3,4 +3,5 @@
 mod consume;
 mod http;
 mod parking;
+mod rebuild;
 mod support;

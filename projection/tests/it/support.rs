@@ -75,8 +75,8 @@ impl Instance {
         call(&self.router, "POST", uri).await
     }
 
-    pub(crate) fn view(&self, name: &str) -> &projection::engine::ViewRuntime {
-        self.app.views.get(name).expect("view")
+    pub(crate) fn view(&self, name: &str) -> Arc<projection::engine::ViewRuntime> {
+        self.app.views.get(name).expect("view").current()
     }
 
     /// Waits until `view`'s checkpoint reaches `position`.

@@ -1,5 +1,6 @@
 //! End-to-end: the real binaries behind the real nginx gateway, started by `scripts/stack.sh`,
 //! driven only through the gateway with an HTTP client.
 
+mod binaries;
 mod stack;
 mod support;

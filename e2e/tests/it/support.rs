@@ -24,7 +24,7 @@ fn target_profile_dir() -> PathBuf {
 }
 
 /// The service binaries, built by this test if they are not there yet.
-fn binaries() -> (PathBuf, PathBuf) {
+pub(crate) fn binaries() -> (PathBuf, PathBuf) {
     let dir = target_profile_dir();
     let (agg, proj) = (dir.join("aggregate"), dir.join("projection"));
     if !agg.is_file() || !proj.is_file() {

@@ -1,0 +1,3 @@
+//! Integration tests of the shared conventions against a real nats-server.
+
+mod nats;

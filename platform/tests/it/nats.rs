@@ -1,0 +1,97 @@
+//! NATS connection options: user/password, readiness while disconnected, reconnect.
+
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use platform::nats::{NatsArgs, connect, is_connected};
+use testkit::NatsServer;
+
+#[derive(Parser)]
+struct Args {
+    #[command(flatten)]
+    nats: NatsArgs,
+}
+
+fn args(extra: &[&str]) -> NatsArgs {
+    Args::parse_from(std::iter::once("test").chain(extra.iter().copied())).nats
+}
+
+async fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    check()
+}
+
+#[tokio::test]
+async fn user_and_password_are_used_and_wrong_ones_never_connect() {
+    let server = NatsServer::start_with_args(&["--user", "svc", "--pass", "s3cret"]);
+    let url = server.url();
+    let good = connect(
+        &args(&[
+            "--nats-url",
+            &url,
+            "--nats-user",
+            "svc",
+            "--nats-password",
+            "s3cret",
+        ]),
+        "test",
+        "1",
+    )
+    .await
+    .expect("client");
+    assert!(eventually(Duration::from_secs(5), || is_connected(&good)).await);
+    let bad = connect(
+        &args(&[
+            "--nats-url",
+            &url,
+            "--nats-user",
+            "svc",
+            "--nats-password",
+            "wrong",
+        ]),
+        "test",
+        "2",
+    )
+    .await
+    .expect("client (connects in the background)");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!is_connected(&bad), "connected with a wrong password");
+}
+
+#[tokio::test]
+async fn readiness_follows_the_connection_and_it_comes_back_by_itself() {
+    let mut server = NatsServer::start();
+    let client = connect(&args(&["--nats-url", &server.url()]), "test", "1")
+        .await
+        .expect("client");
+    assert!(eventually(Duration::from_secs(5), || is_connected(&client)).await);
+    server.kill();
+    assert!(
+        eventually(Duration::from_secs(5), || !is_connected(&client)).await,
+        "still 'connected' with the server down"
+    );
+    server.restart();
+    assert!(
+        eventually(Duration::from_secs(15), || is_connected(&client)).await,
+        "did not reconnect"
+    );
+}
+
+#[tokio::test]
+async fn the_client_starts_before_the_server_and_connects_when_it_comes() {
+    let mut server = NatsServer::start();
+    let url = server.url();
+    server.kill();
+    let client = connect(&args(&["--nats-url", &url]), "test", "1")
+        .await
+        .expect("client");
+    assert!(!is_connected(&client));
+    server.restart();
+    assert!(eventually(Duration::from_secs(15), || is_connected(&client)).await);
+}

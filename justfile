@@ -36,7 +36,7 @@ fmt:
 # lint every crate and target, warnings are errors
 [group('gate')]
 clippy:
-    cargo clippy --workspace --all-targets --all-features -- -D warnings
+    cargo clippy --locked --workspace --all-targets --all-features -- -D warnings
 
 # run every test (nextest) and the doctests; the tests start their own nats-server
 [group('gate')]

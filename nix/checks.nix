@@ -33,7 +33,9 @@
     nextest = craneLib.cargoNextest (withArtifacts
       // {
         cargoNextestExtraArgs = "--profile ci --no-tests=fail";
-        nativeBuildInputs = [pkgs.nats-server pkgs.nginx];
+        # the tests start real servers and, end to end, the stack script (bash, ps, curl,
+        # python3 for tokens) with nginx in front
+        nativeBuildInputs = [pkgs.nats-server pkgs.nginx pkgs.procps pkgs.curl pkgs.python3];
       }
       // lib.optionalAttrs pkgs.stdenv.isDarwin {
         __darwinAllowLocalNetworking = true;

@@ -25,8 +25,12 @@
         (lib.fileset.fileFilter (file: file.hasExt "json") ../shared/tests/fixtures)
         ../.config/nextest.toml
         ../deny.toml
-        (lib.fileset.maybeMissing ../justfile)
-        (lib.fileset.maybeMissing ../gateway)
+        ../.cargo/audit.toml
+        # the end-to-end tests start the stack through these
+        ../scripts
+        ../gateway
+        ../justfile
+        ../justfile.stack
       ]) (lib.fileset.unions [
         # never part of a git checkout, but present when the flake is used as a plain path
         (lib.fileset.maybeMissing ../target)

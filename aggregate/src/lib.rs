@@ -27,8 +27,8 @@ use platform::auth::{AuthArgs, Authenticator};
 use platform::http::HttpSettings;
 use platform::metrics::Metrics;
 use platform::nats::NatsArgs;
+use platform::service::ServiceArgs;
 use platform::shutdown::Shutdown;
-use platform::telemetry::LogFormat;
 
 use crate::domain::DynAggregate;
 use crate::runtime::{Runtime, RuntimeSettings};
@@ -46,27 +46,15 @@ pub struct Config {
     /// Address to serve HTTP on.
     #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:8081")]
     pub http_addr: SocketAddr,
-    /// Instance id (connection name, logs); defaults to the host name and pid.
-    #[arg(long, env = "INSTANCE_ID")]
-    pub instance_id: Option<String>,
+    /// Instance id, logging, HTTP limits, shutdown grace.
+    #[command(flatten)]
+    pub service: ServiceArgs,
     /// NATS connection.
     #[command(flatten)]
     pub nats: NatsArgs,
     /// Authentication.
     #[command(flatten)]
     pub auth: AuthArgs,
-    /// Log format (default: pretty on a terminal, compact otherwise).
-    #[arg(long, env = "LOG_FORMAT", value_enum)]
-    pub log_format: Option<LogFormat>,
-    /// Largest request body in bytes.
-    #[arg(long, env = "BODY_LIMIT", default_value_t = 1024 * 1024)]
-    pub body_limit: usize,
-    /// Request timeout in milliseconds.
-    #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
-    pub request_timeout_ms: u64,
-    /// How long in-flight requests may take to finish after SIGTERM, in milliseconds.
-    #[arg(long, env = "SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
-    pub shutdown_grace_ms: u64,
     /// How aggregate histories are read.
     #[arg(long, env = "LOAD_STRATEGY", value_enum, default_value = "auto")]
     pub load_strategy: LoadStrategy,
@@ -89,23 +77,6 @@ impl Config {
     pub fn parse_from_args(args: &[&str]) -> Self {
         <Self as clap::Parser>::parse_from(std::iter::once("aggregate").chain(args.iter().copied()))
     }
-
-    /// The instance id, or `<hostname>-<pid>`.
-    pub fn instance(&self) -> String {
-        self.instance_id.clone().unwrap_or_else(|| {
-            let host = std::fs::read_to_string("/etc/hostname")
-                .map(|h| h.trim().to_owned())
-                .unwrap_or_else(|_| "host".to_owned());
-            format!("{host}-{}", std::process::id())
-        })
-    }
-
-    fn http(&self) -> HttpSettings {
-        HttpSettings {
-            body_limit: self.body_limit,
-            request_timeout: Duration::from_millis(self.request_timeout_ms),
-        }
-    }
 }
 
 /// The aggregate types this binary serves.
@@ -127,7 +98,7 @@ pub struct App {
 
 /// Connects, makes sure the stream is there and compatible, and builds the runtime.
 pub async fn start(config: &Config, aggregates: Vec<Arc<dyn DynAggregate>>) -> anyhow::Result<App> {
-    let client = platform::nats::connect(&config.nats, "aggregate", &config.instance())
+    let client = platform::nats::connect(&config.nats, "aggregate", &config.service.instance())
         .await
         .map_err(|e| anyhow::anyhow!("connecting to NATS: {e}"))?;
     let js = async_nats::jetstream::new(client.clone());
@@ -194,17 +165,17 @@ pub fn app(app: &App, auth: Authenticator, http: HttpSettings) -> Router {
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let auth = Authenticator::from_args(&config.auth)?;
     let app_state = start(&config, default_aggregates()).await?;
-    let router = app(&app_state, auth, config.http());
+    let router = app(&app_state, auth, config.service.http());
     let listener = tokio::net::TcpListener::bind(config.http_addr)
         .await
         .with_context(|| format!("binding {}", config.http_addr))?;
-    tracing::info!(addr = %listener.local_addr()?, instance = %config.instance(), "aggregate serving");
+    tracing::info!(addr = %listener.local_addr()?, instance = %config.service.instance(), "aggregate serving");
     serve(
         listener,
         router,
         app_state,
         shutdown,
-        Duration::from_millis(config.shutdown_grace_ms),
+        config.service.shutdown_grace(),
     )
     .await
 }
@@ -217,19 +188,15 @@ pub async fn serve(
     shutdown: Shutdown,
     grace: Duration,
 ) -> anyhow::Result<()> {
-    let draining = app.draining.clone();
-    let stop = shutdown.clone();
-    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
-        stop.wait().await;
-        draining.store(true, Ordering::Relaxed);
-    });
-    let finished = platform::shutdown::drain_within(&shutdown, grace, async {
-        if let Err(e) = server.await {
-            tracing::error!(error = %e, "server error");
-        }
-    })
+    platform::service::serve(
+        listener,
+        router,
+        &app.client,
+        app.draining.clone(),
+        shutdown,
+        grace,
+        async {},
+    )
     .await;
-    let _ = tokio::time::timeout(Duration::from_secs(2), app.client.flush()).await;
-    tracing::info!(clean = finished, "aggregate stopped");
     Ok(())
 }

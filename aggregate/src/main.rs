@@ -5,11 +5,7 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = aggregate::Config::parse();
-    platform::telemetry::init(
-        config
-            .log_format
-            .unwrap_or_else(platform::telemetry::LogFormat::detect),
-    );
+    platform::telemetry::init(config.service.log_format());
     let shutdown = platform::shutdown::Shutdown::new();
     shutdown.on_signals();
     aggregate::run(config, shutdown).await.inspect_err(|e| {

@@ -116,11 +116,24 @@ struct LoadLabels {
     source: String,
 }
 
-/// Stored in the idempotency bucket.
+/// Stored in the idempotency bucket under the command's key: created (without an outcome)
+/// before the command's events are appended, completed with the outcome afterwards.
 #[derive(Serialize, Deserialize)]
 struct CommandRecord {
     request_hash: String,
-    outcome: Outcome,
+    /// `None` while the command is (or was, if its instance died) being handled.
+    #[serde(default)]
+    outcome: Option<Outcome>,
+}
+
+/// What reserving a command id found.
+enum Reservation {
+    /// The id is new: this instance handles it.
+    Created,
+    /// The id was handled: its hash and outcome.
+    Done(String, Outcome),
+    /// The id was being handled (maybe by an instance that died after appending): its hash.
+    Pending(String),
 }
 
 /// The runtime shared by all requests of one instance.
@@ -249,33 +262,35 @@ impl Runtime {
         request: CommandRequest,
     ) -> Result<Outcome, CommandError> {
         let aggregate = self.aggregate(&address.aggregate_type)?.clone();
-        let request_hash = request_hash(&request);
-        let key = |id: CommandId| {
-            format!(
-                "{}.{}.{}.{}",
-                address.tenant_id, address.aggregate_type, address.aggregate_id, id
-            )
-        };
-        // a client-chosen id may be a retry: answer with the recorded outcome
-        if let Some(id) = request.command_id {
-            match self.commands.get(key(id)).await {
-                Ok(Some(bytes)) => {
-                    if let Ok(record) = serde_json::from_slice::<CommandRecord>(&bytes) {
-                        if record.request_hash != request_hash {
-                            return Err(CommandError::CommandIdReused(id));
-                        }
-                        tracing::debug!(command_id = %id, "idempotent retry answered from the record");
-                        return Ok(record.outcome);
-                    }
+        let key = |id: CommandId| command_key(address, id);
+        // A client-chosen id may be a retry. Reserve it before anything is appended, so that a
+        // retry reaching any instance can tell "handled", "never seen" and "in doubt" apart.
+        let hash = request.command_id.map(|_| request_hash(&request));
+        let mut in_doubt = false;
+        if let (Some(id), Some(hash)) = (request.command_id, &hash) {
+            match self.reserve(&key(id), hash).await? {
+                Reservation::Created => {}
+                Reservation::Done(h, _) | Reservation::Pending(h) if h != *hash => {
+                    return Err(CommandError::CommandIdReused(id));
                 }
-                Ok(None) => {}
-                Err(e) => return Err(CommandError::Idempotency(e.to_string())),
+                Reservation::Done(_, outcome) => {
+                    tracing::debug!(command_id = %id, "idempotent retry answered from the record");
+                    return Ok(outcome);
+                }
+                Reservation::Pending(_) => in_doubt = true,
             }
         }
         let command_id = request.command_id.unwrap_or_else(CommandId::new_random);
         let look_for = request.command_id;
 
-        let (mut current, found) = match self.cache.get(address) {
+        let cached = if in_doubt {
+            // an earlier attempt may have appended and died before recording: only the
+            // stream can say, so ignore the cache and scan the whole history
+            None
+        } else {
+            self.cache.get(address)
+        };
+        let (mut current, found) = match cached {
             Some(hit) => {
                 self.loads
                     .get_or_create(&LoadLabels {
@@ -296,6 +311,9 @@ impl Runtime {
             }
         };
         if let Some(found) = found {
+            if let (Some(id), Some(hash)) = (request.command_id, &hash) {
+                self.record(key(id), hash, &found);
+            }
             return Ok(found);
         }
 
@@ -367,8 +385,8 @@ impl Runtime {
                         version,
                         position,
                     };
-                    if let Some(id) = request.command_id {
-                        self.record(key(id), &request_hash, &outcome).await;
+                    if let (Some(id), Some(hash)) = (request.command_id, &hash) {
+                        self.record(key(id), hash, &outcome);
                     }
                     return Ok(outcome);
                 }
@@ -377,6 +395,9 @@ impl Runtime {
                     tracing::debug!(attempt, "append conflict; reloading the tail");
                     let tail = self.store.read(address, current.last_seq + 1).await?;
                     if let Some(found) = look_for.and_then(|id| outcome_of(&tail, id)) {
+                        if let (Some(id), Some(hash)) = (request.command_id, &hash) {
+                            self.record(key(id), hash, &found);
+                        }
                         return Ok(found);
                     }
                     current = advance(&*aggregate, &current, &tail)?;
@@ -397,26 +418,67 @@ impl Runtime {
         ))
     }
 
-    async fn record(&self, key: String, request_hash: &str, outcome: &Outcome) {
+    /// Reserves a command id (creates its record without an outcome), or reports what an
+    /// existing record says.
+    async fn reserve(&self, key: &str, request_hash: &str) -> Result<Reservation, CommandError> {
+        let idem = |e: &dyn std::fmt::Display| CommandError::Idempotency(e.to_string());
+        let pending = serde_json::to_vec(&CommandRecord {
+            request_hash: request_hash.to_owned(),
+            outcome: None,
+        })
+        .map_err(|e| idem(&e))?;
+        for _ in 0..3 {
+            match self.commands.create(key, pending.clone().into()).await {
+                Ok(_) => return Ok(Reservation::Created),
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+                Err(e) => return Err(idem(&e)),
+            }
+            match self.commands.get(key).await {
+                Ok(Some(bytes)) => {
+                    let record: CommandRecord =
+                        serde_json::from_slice(&bytes).map_err(|e| idem(&e))?;
+                    return Ok(match record.outcome {
+                        Some(outcome) => Reservation::Done(record.request_hash, outcome),
+                        None => Reservation::Pending(record.request_hash),
+                    });
+                }
+                // expired or purged in between: create again
+                Ok(None) => {}
+                Err(e) => return Err(idem(&e)),
+            }
+        }
+        Err(CommandError::Idempotency(format!(
+            "the record of {key} keeps appearing and disappearing"
+        )))
+    }
+
+    /// Completes the command's record with its outcome, in the background: the command is in
+    /// the stream already, and if this write is lost a retry finds the record still pending
+    /// and recognises the command by scanning the aggregate's history.
+    fn record(&self, key: String, request_hash: &str, outcome: &Outcome) {
         let record = CommandRecord {
             request_hash: request_hash.to_owned(),
-            outcome: outcome.clone(),
+            outcome: Some(outcome.clone()),
         };
         let Ok(bytes) = serde_json::to_vec(&record) else {
             return;
         };
-        for attempt in 0..3 {
-            match self.commands.put(&key, bytes.clone().into()).await {
-                Ok(_) => return,
-                Err(e) => {
-                    tracing::warn!(attempt, error = %e, "could not record the command outcome");
-                    tokio::time::sleep(Duration::from_millis(20 << attempt)).await;
+        let commands = self.commands.clone();
+        tokio::spawn(async move {
+            for attempt in 0..3u32 {
+                match commands.put(&key, bytes.clone().into()).await {
+                    Ok(_) => return,
+                    Err(e) => {
+                        tracing::warn!(attempt, error = %e, "could not record the command outcome");
+                        tokio::time::sleep(Duration::from_millis(20 << attempt)).await;
+                    }
                 }
             }
-        }
-        // a retry is still recognised by its events in the aggregate's history on a cold load
-        // or a conflicting append; only a warm cache could miss it, so drop that.
-        tracing::error!(key, "command outcome not recorded");
+            tracing::warn!(
+                key,
+                "command outcome not recorded; retries will scan the history"
+            );
+        });
     }
 
     /// The aggregate's current state (cache plus the tail from the stream, so it is fresh).
@@ -514,6 +576,24 @@ fn outcome_of(stored: &[Stored], id: CommandId) -> Option<Outcome> {
         position: last.seq,
         events: mine.iter().map(|s| s.event.clone()).collect(),
     })
+}
+
+/// The key of a command's record in [`COMMANDS_BUCKET`]: `<tenant>.<type>.<id>.<command_id>`.
+pub fn command_key(address: &AggregateAddress, id: CommandId) -> String {
+    format!(
+        "{}.{}.{}.{}",
+        address.tenant_id, address.aggregate_type, address.aggregate_id, id
+    )
+}
+
+/// The record an instance writes when it starts handling command `id` (before appending):
+/// what a crash right after the append leaves behind. Public for fault-injection tests.
+pub fn pending_record(request: &CommandRequest) -> Vec<u8> {
+    serde_json::to_vec(&CommandRecord {
+        request_hash: request_hash(request),
+        outcome: None,
+    })
+    .unwrap_or_default()
 }
 
 /// A hash of what makes two commands "the same": type, payload (key order ignored) and the

@@ -42,12 +42,14 @@ pub struct LoadSettings {
 }
 
 impl LoadSettings {
-    /// Settings measured to be good on one node (see BENCHMARKS.md).
+    /// Settings measured to be good on one node (see BENCHMARKS.md): one batch direct get
+    /// covers short histories in one round trip; past a few hundred events a consumer streams
+    /// the rest faster than further direct batches.
     pub fn recommended() -> Self {
         LoadSettings {
             strategy: LoadStrategy::Auto,
-            direct_batch: 1024,
-            consumer_threshold: 2048,
+            direct_batch: 512,
+            consumer_threshold: 0,
             deadline: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(2),
         }

@@ -202,13 +202,22 @@ pub fn mint_hs256_claims(
 }
 
 /// Middleware for API routes (apply with `route_layer`): verifies the bearer token and, when
-/// the route has a `{tenant}` parameter, that the token grants that tenant.
+/// the route has a `{tenant}` parameter, that the token grants that tenant. A path parameter
+/// that does not percent-decode to UTF-8 (`%FF`) is a 400 `invalid-id` problem here, before
+/// any handler's `Path` extractor could answer it as plain text.
 pub async fn require_auth(
     State(auth): State<Authenticator>,
-    params: RawPathParams,
+    params: Result<RawPathParams, axum::extract::rejection::RawPathParamsRejection>,
     req: Request,
     next: Next,
 ) -> Response {
+    let params = match params {
+        Ok(p) => p,
+        Err(e) => {
+            return Problem::invalid_id(format!("a path segment is invalid: {}", e.body_text()))
+                .into_response();
+        }
+    };
     if !auth.is_enabled() {
         return next.run(req).await;
     }

@@ -10,6 +10,7 @@
 //! - [`auth`]: bearer JWT authentication and tenant isolation.
 //! - [`openapi`]: the bearer scheme, the problem schema and `/openapi.json`.
 //! - [`shutdown`]: SIGTERM / Ctrl-C handling and bounded graceful drain.
+//! - [`service`]: the flags every service has, and the serve-and-drain loop.
 
 pub mod auth;
 pub mod http;
@@ -17,5 +18,6 @@ pub mod metrics;
 pub mod nats;
 pub mod openapi;
 pub mod problem;
+pub mod service;
 pub mod shutdown;
 pub mod telemetry;

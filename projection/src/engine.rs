@@ -17,7 +17,7 @@ use async_nats::jetstream::kv;
 use async_nats::jetstream::message::AckKind;
 use async_nats::jetstream::{self, Message};
 use base64::Engine as _;
-use futures::StreamExt as _;
+use futures::{StreamExt as _, TryStreamExt as _};
 use platform::shutdown::Shutdown;
 use serde_json::{Value, json};
 use shared::{AggregateAddress, EventEnvelope};
@@ -317,6 +317,7 @@ pub struct ViewRuntime {
     pub running: AtomicBool,
     /// Which generation of the view version this is (0 unless rebuilt).
     pub generation: u32,
+    js: jetstream::Context,
 }
 
 /// What applying one event did.
@@ -431,6 +432,7 @@ impl ViewRuntime {
             labels,
             running: AtomicBool::new(false),
             generation,
+            js: js.clone(),
         })
     }
 
@@ -533,6 +535,20 @@ impl ViewRuntime {
         Ok(report)
     }
 
+    /// The body of the message at `seq`, read from the stream.
+    async fn stream_body(&self, seq: u64) -> Result<Vec<u8>, StoreError> {
+        let stream = self
+            .js
+            .get_stream(shared::STREAM_NAME)
+            .await
+            .map_err(|e| StoreError::new("reading the stream", e))?;
+        let msg = stream
+            .get_raw_message(seq)
+            .await
+            .map_err(|e| StoreError::new(format!("reading stream sequence {seq}"), e))?;
+        Ok(msg.payload.to_vec())
+    }
+
     async fn retry_aggregate(
         &self,
         agg: &str,
@@ -549,9 +565,14 @@ impl ViewRuntime {
                 .filter(|r| r.aggregate.as_deref() == Some(agg))
                 .collect();
             for r in &records {
-                let body = base64::engine::general_purpose::STANDARD
-                    .decode(&r.body_base64)
-                    .unwrap_or_default();
+                let body = if r.body_truncated {
+                    // the record keeps only the start of a large body: the stream has it all
+                    self.stream_body(r.seq).await?
+                } else {
+                    base64::engine::general_purpose::STANDARD
+                        .decode(&r.body_base64)
+                        .unwrap_or_default()
+                };
                 let outcome = match decode(&r.subject, &body) {
                     Ok((_, env)) => self.apply_direct(r.seq, &env).await,
                     Err(e) => Err(ApplyError::Decode(e)),
@@ -631,6 +652,64 @@ enum Disposition {
     Term,
 }
 
+/// Documents read or written at once by one batch.
+const COMMIT_CONCURRENCY: usize = 64;
+
+/// Writes one document with compare-and-set; on a conflict re-reads it and re-folds the batch's
+/// events into it (skipping those its `_position` already covers). Returns the committed
+/// document and whether a conflict happened.
+async fn commit_doc(
+    docs: &kv::Store,
+    view: &dyn View,
+    key: String,
+    mut pending: Pending,
+) -> Result<(String, StoredDoc, bool), StoreError> {
+    let mut conflicted = false;
+    for _ in 0..8 {
+        let doc = pending.doc.clone().unwrap_or(Value::Null);
+        if let Some(rev) = cas_write(docs, &key, &doc, pending.revision).await? {
+            return Ok((key, StoredDoc { doc, revision: rev }, conflicted));
+        }
+        // someone else wrote it (an admin retry, a previous owner): re-read and re-fold
+        conflicted = true;
+        let fresh = store::read_doc(docs, &key).await?;
+        pending.revision = fresh.as_ref().map(|d| d.revision);
+        let mut doc = fresh.as_ref().map(|d| d.doc.clone());
+        let mut changed = false;
+        for (seq, env) in &pending.events {
+            if doc.as_ref().map_or(0, store::position_of) >= *seq {
+                continue;
+            }
+            let current = doc
+                .clone()
+                .filter(|d| d.get(DELETED_FIELD).and_then(Value::as_bool) != Some(true));
+            doc = match view.apply(current, env) {
+                Ok(Fold::Set(v)) => Some(set_position(v, *seq)),
+                Ok(Fold::Delete) => Some(tombstone(*seq)),
+                Ok(Fold::Unknown) => continue,
+                Err(e) => {
+                    return Err(StoreError::new(
+                        format!("re-folding {key} after a conflict"),
+                        e,
+                    ));
+                }
+            };
+            changed = true;
+        }
+        if !changed {
+            // every event of the batch is already in the stored document
+            if let Some(fresh) = fresh {
+                return Ok((key, fresh, conflicted));
+            }
+        }
+        pending.doc = doc;
+    }
+    Err(StoreError::new(
+        format!("writing {key}"),
+        "lost the compare-and-set too often",
+    ))
+}
+
 struct Pending {
     doc: Option<Value>,
     revision: Option<u64>,
@@ -646,6 +725,8 @@ pub struct Projector {
     consumer: jetstream::consumer::Consumer<pull::Config>,
     settings: ConsumerSettings,
     cache: HashMap<String, StoredDoc>,
+    /// Documents read ahead for the batch in hand.
+    prefetched: HashMap<String, Option<StoredDoc>>,
     checkpoint_rev: Option<u64>,
     checkpoint: u64,
     js: jetstream::Context,
@@ -668,6 +749,7 @@ impl Projector {
             consumer,
             settings,
             cache: HashMap::new(),
+            prefetched: HashMap::new(),
             checkpoint_rev,
             checkpoint,
             js: js.clone(),
@@ -880,11 +962,14 @@ impl Projector {
         marks: &mut BTreeMap<String, (ParkMark, u64)>,
     ) -> Result<(), StoreError> {
         let token = address.map(aggregate_token);
+        let (body_base64, body_len, body_truncated) = store::parked_body(&m.payload);
         let record = ParkedRecord {
             subject: m.subject.to_string(),
             seq,
             error: error.to_owned(),
-            body_base64: base64::engine::general_purpose::STANDARD.encode(&m.payload),
+            body_base64,
+            body_len,
+            body_truncated,
             headers: m
                 .headers
                 .as_ref()
@@ -951,11 +1036,14 @@ impl Projector {
         let Some((mark, _)) = marks.get(&token).cloned() else {
             return Ok(false);
         };
+        let (body_base64, body_len, body_truncated) = store::parked_body(&m.payload);
         let record = ParkedRecord {
             subject: m.subject.to_string(),
             seq,
             error: format!("parked behind seq {}", mark.first_seq),
-            body_base64: base64::engine::general_purpose::STANDARD.encode(&m.payload),
+            body_base64,
+            body_len,
+            body_truncated,
             headers: BTreeMap::new(),
             aggregate: Some(token.clone()),
             parked_at: now_rfc3339(),
@@ -1000,12 +1088,42 @@ impl Projector {
         if let Some(d) = self.cache.get(key) {
             return Ok(Some(d.clone()));
         }
+        if let Some(d) = self.prefetched.remove(key) {
+            return Ok(d);
+        }
         store::read_doc(&self.rt.docs, key).await
+    }
+
+    /// Reads, concurrently, the documents the batch will touch that are not cached, so the
+    /// in-order fold below does not wait for them one by one.
+    async fn prefetch(&mut self, batch: &[Message]) -> Result<(), StoreError> {
+        let mut keys: Vec<String> = batch
+            .iter()
+            .filter_map(|m| decode(m.subject.as_str(), &m.payload).ok())
+            .filter_map(|(_, env)| {
+                self.rt
+                    .view
+                    .key(&env)
+                    .map(|k| ViewRuntime::full_key(env.tenant_id.as_str(), &k))
+            })
+            .filter(|k| !self.cache.contains_key(k))
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let docs = &self.rt.docs;
+        let fetched: Vec<(String, Option<StoredDoc>)> = futures::stream::iter(keys)
+            .map(|k| async move { store::read_doc(docs, &k).await.map(|d| (k, d)) })
+            .buffer_unordered(COMMIT_CONCURRENCY)
+            .try_collect()
+            .await?;
+        self.prefetched = fetched.into_iter().collect();
+        Ok(())
     }
 
     /// One batch: fold, commit documents, checkpoint, ack.
     async fn process(&mut self, batch: &[Message]) -> Result<(), StoreError> {
         let mut marks = store::park_marks(&self.rt.parked).await?;
+        self.prefetch(batch).await?;
         let mut working: HashMap<String, Pending> = HashMap::new();
         let mut order: Vec<String> = Vec::new();
         let mut dispositions = Vec::with_capacity(batch.len());
@@ -1151,62 +1269,29 @@ impl Projector {
             dispositions.push(Disposition::Ack);
         }
 
-        // commit every changed document with compare-and-set
-        for key in order {
-            let Some(mut pending) = working.remove(&key) else {
-                continue;
-            };
-            let mut committed = None;
-            for _ in 0..8 {
-                let doc = pending.doc.clone().unwrap_or(Value::Null);
-                if let Some(rev) = cas_write(&self.rt.docs, &key, &doc, pending.revision).await? {
-                    committed = Some(StoredDoc { doc, revision: rev });
-                    break;
-                }
-                // someone else wrote it (an admin retry, a previous owner): re-read and re-fold
+        // commit every changed document with compare-and-set, many at a time (each document has
+        // its own revision, so the writes are independent); the checkpoint follows all of them
+        let docs = &self.rt.docs;
+        let view = &*self.rt.view;
+        let jobs: Vec<(String, Pending)> = order
+            .into_iter()
+            .filter_map(|key| working.remove(&key).map(|p| (key, p)))
+            .collect();
+        let committed: Vec<(String, StoredDoc, bool)> = futures::stream::iter(jobs)
+            .map(|(key, pending)| commit_doc(docs, view, key, pending))
+            .buffer_unordered(COMMIT_CONCURRENCY)
+            .try_collect()
+            .await?;
+        for (key, doc, conflicted) in committed {
+            if conflicted {
                 self.cache.remove(&key);
-                let fresh = store::read_doc(&self.rt.docs, &key).await?;
-                pending.revision = fresh.as_ref().map(|d| d.revision);
-                let mut doc = fresh.as_ref().map(|d| d.doc.clone());
-                let mut changed = false;
-                for (seq, env) in &pending.events {
-                    if doc.as_ref().map_or(0, store::position_of) >= *seq {
-                        continue;
-                    }
-                    let current = doc
-                        .clone()
-                        .filter(|d| d.get(DELETED_FIELD).and_then(Value::as_bool) != Some(true));
-                    doc = match self.rt.view.apply(current, env) {
-                        Ok(Fold::Set(v)) => Some(set_position(v, *seq)),
-                        Ok(Fold::Delete) => Some(tombstone(*seq)),
-                        Ok(Fold::Unknown) => continue,
-                        Err(e) => {
-                            return Err(StoreError::new(
-                                format!("re-folding {key} after a conflict"),
-                                e,
-                            ));
-                        }
-                    };
-                    changed = true;
-                }
-                if !changed {
-                    // every event of the batch is already in the stored document
-                    committed = fresh;
-                    break;
-                }
-                pending.doc = doc;
             }
-            let Some(committed) = committed else {
-                return Err(StoreError::new(
-                    format!("writing {key}"),
-                    "lost the compare-and-set too often",
-                ));
-            };
             if self.cache.len() >= self.settings.cache_capacity {
                 self.cache.clear();
             }
-            self.cache.insert(key, committed);
+            self.cache.insert(key, doc);
         }
+        self.prefetched.clear();
 
         self.write_checkpoint(last_seq).await?;
         for (m, d) in batch.iter().zip(dispositions) {

@@ -30,8 +30,8 @@ use platform::auth::{AuthArgs, Authenticator};
 use platform::http::HttpSettings;
 use platform::metrics::Metrics;
 use platform::nats::NatsArgs;
+use platform::service::ServiceArgs;
 use platform::shutdown::Shutdown;
-use platform::telemetry::LogFormat;
 use tokio::task::JoinHandle;
 
 use crate::engine::{ConsumerSettings, Projector};
@@ -55,27 +55,15 @@ pub struct Config {
     /// Address to serve HTTP on.
     #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:8082")]
     pub http_addr: SocketAddr,
-    /// Instance id (connection name, logs); defaults to the host name and pid.
-    #[arg(long, env = "INSTANCE_ID")]
-    pub instance_id: Option<String>,
+    /// Instance id, logging, HTTP limits, shutdown grace.
+    #[command(flatten)]
+    pub service: ServiceArgs,
     /// NATS connection.
     #[command(flatten)]
     pub nats: NatsArgs,
     /// Authentication.
     #[command(flatten)]
     pub auth: AuthArgs,
-    /// Log format (default: pretty on a terminal, compact otherwise).
-    #[arg(long, env = "LOG_FORMAT", value_enum)]
-    pub log_format: Option<LogFormat>,
-    /// Largest request body in bytes.
-    #[arg(long, env = "BODY_LIMIT", default_value_t = 1024 * 1024)]
-    pub body_limit: usize,
-    /// Request timeout in milliseconds.
-    #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
-    pub request_timeout_ms: u64,
-    /// How long in-flight requests and the batch in flight may take after SIGTERM, in ms.
-    #[arg(long, env = "SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
-    pub shutdown_grace_ms: u64,
     /// How long a read with `min_position` waits for the view to catch up, in milliseconds.
     #[arg(long, env = "MIN_POSITION_TIMEOUT_MS", default_value_t = 5_000)]
     pub min_position_timeout_ms: u64,
@@ -121,24 +109,6 @@ impl Config {
         <Self as clap::Parser>::parse_from(
             std::iter::once("projection").chain(args.iter().copied()),
         )
-    }
-
-    /// The instance id, or `<hostname>-<pid>`.
-    pub fn instance(&self) -> String {
-        self.instance_id.clone().unwrap_or_else(|| {
-            let host = std::fs::read_to_string("/etc/hostname")
-                .map(|h| h.trim().to_owned())
-                .unwrap_or_else(|_| "host".to_owned());
-            format!("{host}-{}", std::process::id())
-        })
-    }
-
-    /// The HTTP limits.
-    pub fn http(&self) -> HttpSettings {
-        HttpSettings {
-            body_limit: self.body_limit,
-            request_timeout: Duration::from_millis(self.request_timeout_ms),
-        }
     }
 
     /// The consumer settings.
@@ -199,7 +169,7 @@ impl App {
 /// Connects, makes sure the stream, the buckets and the consumers are there and compatible.
 /// Nothing is consumed until [`App::spawn_projectors`].
 pub async fn start(config: &Config, views: Vec<Arc<dyn View>>) -> anyhow::Result<App> {
-    let client = platform::nats::connect(&config.nats, "projection", &config.instance())
+    let client = platform::nats::connect(&config.nats, "projection", &config.service.instance())
         .await
         .map_err(|e| anyhow::anyhow!("connecting to NATS: {e}"))?;
     let js = async_nats::jetstream::new(client.clone());
@@ -290,9 +260,13 @@ pub async fn rebuild_cli(config: &Config, view_name: &str) -> anyhow::Result<u32
                 .collect();
             anyhow::anyhow!("no view named {view_name:?}; views: {}", names.join(", "))
         })?;
-    let client = platform::nats::connect(&config.nats, "projection-rebuild", &config.instance())
-        .await
-        .map_err(|e| anyhow::anyhow!("connecting to NATS: {e}"))?;
+    let client = platform::nats::connect(
+        &config.nats,
+        "projection-rebuild",
+        &config.service.instance(),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("connecting to NATS: {e}"))?;
     let js = async_nats::jetstream::new(client.clone());
     platform::nats::ensure_stream(
         &js,
@@ -337,17 +311,17 @@ pub async fn rebuild_cli(config: &Config, view_name: &str) -> anyhow::Result<u32
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let auth = Authenticator::from_args(&config.auth)?;
     let app_state = start(&config, default_views()).await?;
-    let router = app(&app_state, auth, config.http());
+    let router = app(&app_state, auth, config.service.http());
     let listener = tokio::net::TcpListener::bind(config.http_addr)
         .await
         .with_context(|| format!("binding {}", config.http_addr))?;
-    tracing::info!(addr = %listener.local_addr()?, instance = %config.instance(), "projection serving");
+    tracing::info!(addr = %listener.local_addr()?, instance = %config.service.instance(), "projection serving");
     serve(
         listener,
         router,
         app_state,
         shutdown,
-        Duration::from_millis(config.shutdown_grace_ms),
+        config.service.shutdown_grace(),
     )
     .await
 }
@@ -362,22 +336,19 @@ pub async fn serve(
     grace: Duration,
 ) -> anyhow::Result<()> {
     let projectors = app.spawn_projectors(&shutdown);
-    let draining = app.draining.clone();
-    let stop = shutdown.clone();
-    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
-        stop.wait().await;
-        draining.store(true, Ordering::Relaxed);
-    });
-    let finished = platform::shutdown::drain_within(&shutdown, grace, async {
-        if let Err(e) = server.await {
-            tracing::error!(error = %e, "server error");
-        }
-        for p in projectors {
-            let _ = p.await;
-        }
-    })
+    platform::service::serve(
+        listener,
+        router,
+        &app.client,
+        app.draining.clone(),
+        shutdown,
+        grace,
+        async {
+            for p in projectors {
+                let _ = p.await;
+            }
+        },
+    )
     .await;
-    let _ = tokio::time::timeout(Duration::from_secs(2), app.client.flush()).await;
-    tracing::info!(clean = finished, "projection stopped");
     Ok(())
 }

@@ -5,11 +5,7 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = projection::Config::parse();
-    platform::telemetry::init(
-        config
-            .log_format
-            .unwrap_or_else(platform::telemetry::LogFormat::detect),
-    );
+    platform::telemetry::init(config.service.log_format());
     if let Some(projection::Command::Rebuild { view }) = &config.command {
         let generation = projection::rebuild_cli(&config, view)
             .await

@@ -117,25 +117,49 @@ pub async fn open_bucket(
     description: &str,
     replicas: usize,
 ) -> Result<kv::Store, StoreError> {
-    if let Ok(store) = js.get_key_value(name).await {
-        return Ok(store);
-    }
-    match js
-        .create_key_value(kv::Config {
-            bucket: name.to_owned(),
-            description: description.to_owned(),
-            history: 1,
-            num_replicas: replicas.max(1),
-            ..Default::default()
-        })
-        .await
-    {
-        Ok(store) => Ok(store),
-        // another instance may have created it in between
-        Err(e) => js
-            .get_key_value(name)
+    let store = match js.get_key_value(name).await {
+        Ok(store) => store,
+        Err(_) => match js
+            .create_key_value(kv::Config {
+                bucket: name.to_owned(),
+                description: description.to_owned(),
+                history: 1,
+                num_replicas: replicas.max(1),
+                ..Default::default()
+            })
             .await
-            .map_err(|_| StoreError::new(format!("creating bucket {name}"), e)),
+        {
+            Ok(store) => store,
+            // another instance may have created it in between
+            Err(e) => js
+                .get_key_value(name)
+                .await
+                .map_err(|_| StoreError::new(format!("creating bucket {name}"), e))?,
+        },
+    };
+    wait_until_readable(&store, name).await?;
+    Ok(store)
+}
+
+/// A bucket just created on a cluster answers reads only once its replicas have elected a
+/// leader (until then a direct get has no responders): wait for that, bounded, so start-up
+/// does not fail on a fresh cluster.
+async fn wait_until_readable(store: &kv::Store, name: &str) -> Result<(), StoreError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match store.get("_probe").await {
+            Ok(_) => return Ok(()),
+            Err(e) if std::time::Instant::now() < deadline => {
+                tracing::debug!(bucket = name, error = %e, "bucket not readable yet");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => {
+                return Err(StoreError::new(
+                    format!("bucket {name} does not answer reads"),
+                    e,
+                ));
+            }
+        }
     }
 }
 
@@ -273,6 +297,21 @@ pub fn doc_json(key: &str, doc: &StoredDoc) -> Value {
     serde_json::json!({"key": key, "document": document, "position": doc.position()})
 }
 
+/// How much of a parked body is kept in its record: a record must stay well below the server's
+/// `max_payload`, or parking a huge poison message would fail and stop the view.
+pub const PARKED_BODY_MAX: usize = 64 * 1024;
+
+/// `(body_base64, body_len, body_truncated)` of a body to park.
+pub fn parked_body(payload: &[u8]) -> (String, usize, bool) {
+    use base64::Engine as _;
+    let kept = &payload[..payload.len().min(PARKED_BODY_MAX)];
+    (
+        base64::engine::general_purpose::STANDARD.encode(kept),
+        payload.len(),
+        kept.len() < payload.len(),
+    )
+}
+
 /// A parked message, as stored under `msg.<seq>`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ParkedRecord {
@@ -282,8 +321,15 @@ pub struct ParkedRecord {
     pub seq: u64,
     /// Why it was parked.
     pub error: String,
-    /// The original body, base64 (standard alphabet).
+    /// The original body, base64 (standard alphabet); only its first [`PARKED_BODY_MAX`] bytes
+    /// when `body_truncated` (a retry then re-reads the message from the stream).
     pub body_base64: String,
+    /// Length of the original body in bytes.
+    #[serde(default)]
+    pub body_len: usize,
+    /// Whether `body_base64` holds only the start of the body.
+    #[serde(default)]
+    pub body_truncated: bool,
     /// The original headers (last value of each).
     pub headers: BTreeMap<String, String>,
     /// `<tenant>.<type>.<id>` when the subject names an aggregate.

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use testkit::{NatsServer, free_port};
 
-use crate::support::binaries;
+use e2e::binaries;
 
 fn spawn(
     bin: &std::path::Path,

@@ -6,7 +6,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::support::Stack;
+use crate::support::{Stack, Topology};
 
 const TRACE: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
 
@@ -29,7 +29,7 @@ async fn problem(resp: reqwest::Response, status: StatusCode) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stack_works_through_the_gateway() {
-    let stack = Stack::up();
+    let stack = Stack::up(Topology::Single);
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(15))
         .build()
@@ -87,7 +87,7 @@ async fn the_stack_works_through_the_gateway() {
         .await
         .expect("json");
     assert_eq!(events["events"].as_array().map(Vec::len), Some(2));
-    let client = async_nats_free_check(&stack.nats_url);
+    let client = async_nats_free_check(&stack.nats_urls[0]);
     assert!(client, "nats reachable");
 
     // requests spread over both instances of each service
@@ -145,12 +145,12 @@ async fn the_stack_works_through_the_gateway() {
     for (name, base, api) in [
         (
             "aggregate",
-            &stack.aggregate,
+            stack.url_of("aggregate-1"),
             "/v1/tenants/acme/aggregates/account/e2e-1",
         ),
         (
             "projection",
-            &stack.projection,
+            stack.url_of("projection-1"),
             "/v1/tenants/acme/views/accounts/e2e-1",
         ),
     ] {
@@ -305,8 +305,8 @@ async fn the_stack_works_through_the_gateway() {
     assert_eq!(body["type"], "urn:nats-es:problem:insufficient-funds");
 
     // one instance of each service dies: the API keeps working
-    stack.kill("aggregate-1");
-    stack.kill("projection-1");
+    stack.kill("aggregate-1").await;
+    stack.kill("projection-1").await;
     let mut seen_positions = HashSet::new();
     for n in 0..6 {
         let r: Value = http

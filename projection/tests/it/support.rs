@@ -103,7 +103,11 @@ pub(crate) async fn projection_with(
     let mut app = projection::start(&cfg, views)
         .await
         .expect("start projection");
-    let router = projection::app(&app, platform::auth::Authenticator::disabled(), cfg.http());
+    let router = projection::app(
+        &app,
+        platform::auth::Authenticator::disabled(),
+        cfg.service.http(),
+    );
     let shutdown = Shutdown::new();
     let tasks = app.spawn_projectors(&shutdown);
     Instance {

@@ -1,0 +1,647 @@
+//! The scenarios. Each measures our code and the raw baseline in the same process run,
+//! alternating in rounds so that drift (other load on the machine, the stream growing) hits
+//! both sides alike.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aggregate::runtime::{CommandRequest, Runtime};
+use aggregate::store::LoadStrategy;
+use anyhow::{Context as _, bail};
+use futures::{StreamExt as _, TryStreamExt as _};
+use serde_json::json;
+use shared::{AggregateAddress, Metadata};
+
+use crate::raw::{self, Raw};
+use crate::report::{RatioKind, Row, Samples};
+use clap::Parser as _;
+
+/// Problem sizes; `--quick` shrinks them for a smoke run.
+#[derive(Debug, Clone)]
+pub(crate) struct Sizes {
+    pub(crate) hot_commands: usize,
+    pub(crate) http_commands: usize,
+    pub(crate) rounds: usize,
+    pub(crate) many_accounts: usize,
+    pub(crate) many_clients: usize,
+    pub(crate) many_phase: Duration,
+    pub(crate) cold: Vec<(usize, usize)>,
+    pub(crate) projection_events: usize,
+}
+
+impl Sizes {
+    pub(crate) fn new(quick: bool) -> Sizes {
+        if quick {
+            Sizes {
+                hot_commands: 400,
+                http_commands: 300,
+                rounds: 2,
+                many_accounts: 1_000,
+                many_clients: 256,
+                many_phase: Duration::from_millis(1_500),
+                cold: vec![(10, 20), (100, 10), (1_000, 4), (10_000, 2)],
+                projection_events: 10_000,
+            }
+        } else {
+            Sizes {
+                hot_commands: 6_000,
+                http_commands: 4_000,
+                rounds: 6,
+                many_accounts: 10_000,
+                many_clients: 256,
+                many_phase: Duration::from_secs(8),
+                cold: vec![(10, 200), (100, 100), (1_000, 30), (10_000, 8)],
+                projection_events: 100_000,
+            }
+        }
+    }
+}
+
+/// What every scenario needs.
+pub(crate) struct Ctx {
+    pub(crate) app: aggregate::App,
+    pub(crate) raw: Raw,
+    pub(crate) sizes: Sizes,
+    pub(crate) server_pid: Option<u32>,
+}
+
+const TENANT: &str = "bench";
+/// The projection scenario's events live under their own tenant, so its consumer sees only them.
+const PROJECTION_TENANT: &str = "bench-projection";
+
+fn account(id: &str) -> anyhow::Result<AggregateAddress> {
+    account_in(TENANT, id)
+}
+
+fn account_in(tenant: &str, id: &str) -> anyhow::Result<AggregateAddress> {
+    Ok(AggregateAddress::new(
+        tenant.parse()?,
+        "account".parse()?,
+        id.parse()?,
+    ))
+}
+
+/// A raw subject inside the events stream, apart from every account.
+fn raw_subject(id: &str) -> String {
+    format!("tenant.{TENANT}.aggregate.raw.{id}")
+}
+
+fn command(command_type: &str, payload: serde_json::Value) -> CommandRequest {
+    CommandRequest {
+        command_id: None,
+        command_type: command_type.to_owned(),
+        payload,
+        expected_version: None,
+        metadata: Metadata::new(),
+    }
+}
+
+fn open() -> CommandRequest {
+    command("open", json!({"owner": "Bench", "currency": "EUR"}))
+}
+
+fn deposit() -> CommandRequest {
+    command("deposit", json!({"amount": 1}))
+}
+
+fn progress(msg: impl std::fmt::Display) {
+    eprintln!("[bench] {msg}");
+}
+
+/// Which side runs first in `round`: alternate, so neither always gets the warmer machine.
+fn order(round: usize) -> [bool; 2] {
+    if round.is_multiple_of(2) {
+        [true, false]
+    } else {
+        [false, true]
+    }
+}
+
+/// Hot aggregate through the library: sequential deposits on one account vs sequential raw
+/// checked publishes on one subject.
+pub(crate) async fn hot_library(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
+    let runtime = &ctx.app.runtime;
+    let address = account("hot-lib")?;
+    runtime.handle(&address, open()).await?;
+    let subject = raw_subject("hot-lib");
+    let mut last = ctx.raw.checked_publish(&subject, 0).await?;
+    // warm-up (connections, caches, allocator) for both, not measured
+    for _ in 0..50 {
+        runtime.handle(&address, deposit()).await?;
+        last = ctx.raw.checked_publish(&subject, last).await?;
+    }
+    let per_round = ctx.sizes.hot_commands / ctx.sizes.rounds;
+    let (mut ours, mut base) = (Samples::default(), Samples::default());
+    for round in 0..ctx.sizes.rounds {
+        for ours_turn in order(round) {
+            let started = Instant::now();
+            for _ in 0..per_round {
+                let t = Instant::now();
+                if ours_turn {
+                    runtime.handle(&address, deposit()).await?;
+                    ours.record(t.elapsed());
+                } else {
+                    last = ctx.raw.checked_publish(&subject, last).await?;
+                    base.record(t.elapsed());
+                }
+            }
+            if ours_turn {
+                ours.wall += started.elapsed();
+            } else {
+                base.wall += started.elapsed();
+            }
+        }
+        progress(format_args!(
+            "hot aggregate (library) round {}/{}: ours {:.0}/s, raw {:.0}/s",
+            round + 1,
+            ctx.sizes.rounds,
+            ours.rate(),
+            base.rate()
+        ));
+    }
+    Ok(vec![Row::speed(
+        "hot aggregate, library (1 account, sequential deposits)",
+        "commands/s",
+        &mut ours,
+        &mut base,
+        0.8,
+    )])
+}
+
+/// Hot aggregate through HTTP (`aggregate::app` on 127.0.0.1:0, auth disabled) vs raw checked
+/// publishes.
+pub(crate) async fn hot_http(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
+    let router = aggregate::app(
+        &ctx.app,
+        platform::auth::Authenticator::disabled(),
+        platform::http::HttpSettings {
+            body_limit: 1024 * 1024,
+            request_timeout: Duration::from_secs(10),
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let server = tokio::spawn(async move { axum::serve(listener, router).await });
+    let http = reqwest::Client::new();
+    let url = format!("http://{addr}/v1/tenants/{TENANT}/aggregates/account/hot-http/commands");
+    let send = |body: serde_json::Value| {
+        let request = http.post(&url).json(&body);
+        async move {
+            let response = request.send().await?;
+            let status = response.status();
+            if !status.is_success() {
+                bail!(
+                    "HTTP {status}: {}",
+                    response.text().await.unwrap_or_default()
+                );
+            }
+            // read the body, as a client would
+            let _ = response.bytes().await?;
+            anyhow::Ok(())
+        }
+    };
+    let deposit_body = json!({"type": "deposit", "payload": {"amount": 1}});
+    send(json!({"type": "open", "payload": {"owner": "Bench", "currency": "EUR"}})).await?;
+    let subject = raw_subject("hot-http");
+    let mut last = ctx.raw.checked_publish(&subject, 0).await?;
+    for _ in 0..50 {
+        send(deposit_body.clone()).await?;
+        last = ctx.raw.checked_publish(&subject, last).await?;
+    }
+    let per_round = ctx.sizes.http_commands / ctx.sizes.rounds;
+    let (mut ours, mut base) = (Samples::default(), Samples::default());
+    for round in 0..ctx.sizes.rounds {
+        for ours_turn in order(round) {
+            let started = Instant::now();
+            for _ in 0..per_round {
+                let t = Instant::now();
+                if ours_turn {
+                    send(deposit_body.clone()).await?;
+                    ours.record(t.elapsed());
+                } else {
+                    last = ctx.raw.checked_publish(&subject, last).await?;
+                    base.record(t.elapsed());
+                }
+            }
+            if ours_turn {
+                ours.wall += started.elapsed();
+            } else {
+                base.wall += started.elapsed();
+            }
+        }
+        progress(format_args!(
+            "hot aggregate (HTTP) round {}/{}: ours {:.0}/s, raw {:.0}/s",
+            round + 1,
+            ctx.sizes.rounds,
+            ours.rate(),
+            base.rate()
+        ));
+    }
+    server.abort();
+    Ok(vec![Row::speed(
+        "hot aggregate, HTTP (1 account, sequential POSTs)",
+        "commands/s",
+        &mut ours,
+        &mut base,
+        0.8,
+    )])
+}
+
+/// Resets the process's peak RSS (VmHWM), so the next reading covers only what follows.
+fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// A `VmXXX:` line of /proc/<pid>/status, in MiB.
+fn proc_status_mib(pid: &str, key: &str) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(key))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Many aggregates: open them all, then `many_clients` concurrent clients deposit to random
+/// ones for a fixed time, vs as many concurrent raw checked publishes on as many subjects.
+pub(crate) async fn many(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
+    let n = ctx.sizes.many_accounts;
+    let clients = ctx.sizes.many_clients;
+    let peak_reset = reset_peak_rss();
+    let accounts: Arc<Vec<AggregateAddress>> = Arc::new(
+        (0..n)
+            .map(|i| account(&format!("many-{i}")))
+            .collect::<anyhow::Result<_>>()?,
+    );
+    let started = Instant::now();
+    futures::stream::iter(accounts.iter())
+        .map(|a| ctx.app.runtime.handle(a, open()))
+        .buffer_unordered(clients)
+        .try_collect::<Vec<_>>()
+        .await?;
+    let open_ours = started.elapsed();
+    let subjects: Arc<Vec<String>> =
+        Arc::new((0..n).map(|i| raw_subject(&format!("many-{i}"))).collect());
+    let started = Instant::now();
+    let lasts: Vec<u64> = futures::stream::iter(subjects.iter())
+        .map(|s| ctx.raw.checked_publish(s, 0))
+        .buffered(clients)
+        .try_collect()
+        .await?;
+    let open_raw = started.elapsed();
+    progress(format_args!(
+        "many aggregates: opened {n} accounts in {open_ours:.1?} (raw: {n} subjects in {open_raw:.1?})"
+    ));
+    let lasts: Arc<Vec<tokio::sync::Mutex<u64>>> =
+        Arc::new(lasts.into_iter().map(tokio::sync::Mutex::new).collect());
+
+    let (mut ours, mut base) = (Samples::default(), Samples::default());
+    let phase = ctx.sizes.many_phase;
+    for round in 0..ctx.sizes.rounds.min(2) {
+        for ours_turn in order(round) {
+            let started = Instant::now();
+            let deadline = started + phase;
+            let mut tasks = Vec::with_capacity(clients);
+            for _ in 0..clients {
+                let runtime: Arc<Runtime> = ctx.app.runtime.clone();
+                let accounts = accounts.clone();
+                let raw = ctx.raw.clone();
+                let subjects = subjects.clone();
+                let lasts = lasts.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut latencies = Vec::new();
+                    while Instant::now() < deadline {
+                        let i = rand::random_range(0..accounts.len());
+                        let t = Instant::now();
+                        if ours_turn {
+                            runtime.handle(&accounts[i], deposit()).await?;
+                        } else {
+                            // serialised per subject, as our runtime serialises per aggregate
+                            let mut last = lasts[i].lock().await;
+                            *last = raw.checked_publish(&subjects[i], *last).await?;
+                        }
+                        latencies.push(t.elapsed());
+                    }
+                    anyhow::Ok(latencies)
+                }));
+            }
+            let side = if ours_turn { &mut ours } else { &mut base };
+            for task in tasks {
+                side.extend(task.await??);
+            }
+            side.wall += started.elapsed();
+        }
+        progress(format_args!(
+            "many aggregates round {}/{}: ours {:.0}/s, raw {:.0}/s",
+            round + 1,
+            ctx.sizes.rounds.min(2),
+            ours.rate(),
+            base.rate()
+        ));
+    }
+    let mut rows = vec![Row::speed(
+        &format!("many aggregates, library ({n} accounts, {clients} concurrent clients)"),
+        "commands/s",
+        &mut ours,
+        &mut base,
+        0.5,
+    )];
+    let peak = proc_status_mib("self", "VmHWM:");
+    let note = if peak_reset {
+        "peak RSS since the scenario started (VmHWM reset via clear_refs); library and raw client in-process"
+    } else {
+        "peak RSS since process start (VmHWM could not be reset); library and raw client in-process"
+    };
+    if let Some(peak) = peak {
+        rows.push(Row::info(
+            "memory: bench process (library in-process), many aggregates",
+            "MiB peak RSS",
+            peak,
+            note,
+        ));
+    }
+    if let Some(server) = ctx
+        .server_pid
+        .and_then(|pid| proc_status_mib(&pid.to_string(), "VmHWM:"))
+    {
+        rows.push(Row::info(
+            "memory: nats-server after many aggregates",
+            "MiB peak RSS",
+            server,
+            "whole server lifetime so far (not reset)",
+        ));
+    }
+    Ok(rows)
+}
+
+/// Cold load of aggregates with 10 / 100 / 1 000 / 10 000 events: each of our strategies vs
+/// the faster of a raw batch direct get and a raw ephemeral consumer read.
+pub(crate) async fn cold_load(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
+    let store = ctx.app.runtime.store();
+    // the histories, written pipelined as valid account events
+    for &(events, _) in &ctx.sizes.cold {
+        let address = account(&format!("cold-{events}"))?;
+        let subject = address.subject();
+        let messages = (1..=events as u64)
+            .map(|v| raw::account_event(&address, v).map(|body| (subject.clone(), body)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        ctx.raw.publish_all(messages).await?;
+    }
+    progress("cold load: histories written");
+    let strategies = [
+        ("direct", LoadStrategy::Direct),
+        ("consumer", LoadStrategy::Consumer),
+        ("auto", LoadStrategy::Auto),
+    ];
+    let mut rows = Vec::new();
+    for &(events, reps) in &ctx.sizes.cold {
+        let address = account(&format!("cold-{events}"))?;
+        let subject = address.subject();
+        let mut ours: Vec<Samples> = strategies.iter().map(|_| Samples::default()).collect();
+        let (mut raw_direct, mut raw_consumer) = (Samples::default(), Samples::default());
+        let mut decode = Samples::default();
+        // one unmeasured pass of everything first
+        for rep in 0..=reps {
+            for (i, (_, strategy)) in strategies.iter().enumerate() {
+                let t = Instant::now();
+                let read = store.read_with(&address, 1, *strategy).await?;
+                let took = t.elapsed();
+                if read.len() != events {
+                    bail!("{strategy:?} read {} of {events} events", read.len());
+                }
+                if rep > 0 {
+                    ours[i].record(took);
+                }
+            }
+            let t = Instant::now();
+            let read = ctx.raw.direct_get_all(&subject, events).await?;
+            let took = t.elapsed();
+            if read.len() != events {
+                bail!("raw direct get read {} of {events} events", read.len());
+            }
+            if rep > 0 {
+                raw_direct.record(took);
+            }
+            let t = Instant::now();
+            let read = ctx.raw.consumer_get_all(&subject, events).await?;
+            let took = t.elapsed();
+            if read.len() != events {
+                bail!("raw consumer read {} of {events} events", read.len());
+            }
+            if rep > 0 {
+                raw_consumer.record(took);
+            }
+            // what decoding alone costs (ours decodes and checks every event; raw does not)
+            let t = Instant::now();
+            for body in &read {
+                serde_json::from_slice::<shared::Event>(body)?;
+            }
+            if rep > 0 {
+                decode.record(t.elapsed());
+            }
+        }
+        let (direct_ms, consumer_ms) = (raw_direct.mean_ms(), raw_consumer.mean_ms());
+        let (baseline_ms, which) = if direct_ms <= consumer_ms {
+            (direct_ms, "raw direct get")
+        } else {
+            (consumer_ms, "raw consumer")
+        };
+        progress(format_args!(
+            "cold load {events} events: raw direct {direct_ms:.3} ms, raw consumer {consumer_ms:.3} ms, ours {}",
+            strategies
+                .iter()
+                .zip(&ours)
+                .map(|((name, _), s)| format!("{name} {:.3} ms", s.mean_ms()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        for ((name, _), samples) in strategies.iter().zip(ours.iter_mut()) {
+            rows.push(Row::time(
+                &format!("cold load, {events} events, {name}"),
+                samples,
+                baseline_ms,
+                1.2,
+                format!(
+                    "baseline = {which} (raw direct {direct_ms:.3} ms, raw consumer {consumer_ms:.3} ms); JSON decode alone {:.3} ms; {reps} loads each",
+                    decode.mean_ms()
+                ),
+            ));
+        }
+    }
+    Ok(rows)
+}
+
+/// Projection throughput and rebuild, on a server of its own (so the stream holds only valid
+/// account events, nothing from the other scenarios). Baseline: a durable pull consumer,
+/// explicit ack per message, batches of 500, over the same events. Ours: the `accounts` view
+/// of the `projection` crate (one view, one consumer), timed until its checkpoint reaches the
+/// last event: "rebuild" over the backlog from a fresh view, then "live" while as many new
+/// events again are published.
+pub(crate) async fn projection(sizes: &Sizes) -> anyhow::Result<Vec<Row>> {
+    let server = testkit::NatsServer::start();
+    let raw = Raw::connect(&server.url()).await?;
+    let js = &raw.js;
+    platform::nats::ensure_stream(js, &shared::StreamSpec::events(1)).await?;
+    let events = sizes.projection_events;
+    let aggregates = 1_000usize;
+    let addresses = (0..aggregates)
+        .map(|i| account_in(PROJECTION_TENANT, &format!("a-{i}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut versions = vec![0u64; aggregates];
+    let mut batch = |count: usize| {
+        (0..count)
+            .map(|n| {
+                let i = n % aggregates;
+                versions[i] += 1;
+                let address = &addresses[i];
+                raw::account_event(address, versions[i]).map(|body| (address.subject(), body))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()
+    };
+    let backlog = batch(events)?;
+    let live = batch(events)?;
+    let started = Instant::now();
+    raw.publish_all(backlog).await?;
+    progress(format_args!(
+        "projection: {events} events written in {:.1?} (own nats-server)",
+        started.elapsed()
+    ));
+
+    // baseline
+    let config = async_nats::jetstream::consumer::pull::Config {
+        durable_name: Some("bench-projection-baseline".to_owned()),
+        filter_subject: shared::STREAM_FILTER.to_owned(),
+        ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
+        deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::All,
+        max_ack_pending: 500,
+        ..Default::default()
+    };
+    let consumer: async_nats::jetstream::consumer::PullConsumer = js
+        .create_consumer_on_stream(config, shared::STREAM_NAME)
+        .await?;
+    let pending = consumer.cached_info().num_pending as usize;
+    let started = Instant::now();
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(500)
+        .messages()
+        .await?;
+    let mut seen = 0usize;
+    while seen < pending {
+        let msg = tokio::time::timeout(Duration::from_secs(10), messages.next())
+            .await
+            .context("baseline consumer went quiet")?
+            .context("baseline consumer ended")?
+            .map_err(|e| anyhow::anyhow!("baseline consumer: {e}"))?;
+        msg.ack().await.map_err(|e| anyhow::anyhow!("ack: {e}"))?;
+        seen += 1;
+    }
+    let baseline = seen as f64 / started.elapsed().as_secs_f64();
+    drop(messages);
+    let _ = js
+        .delete_consumer_from_stream("bench-projection-baseline", shared::STREAM_NAME)
+        .await;
+    progress(format_args!(
+        "projection baseline: {seen} events consumed at {baseline:.0}/s"
+    ));
+
+    // ours: rebuild (fresh view over the backlog)
+    let config = projection::Config::parse_from([
+        "bench",
+        "--nats-url",
+        &server.url(),
+        "--insecure-no-auth",
+        "--instance-id",
+        "bench",
+    ]);
+    let mut app = projection::start(&config, vec![Arc::new(projection::views::Accounts)])
+        .await
+        .context("starting the projection library")?;
+    let view = app
+        .views
+        .values()
+        .next()
+        .context("the accounts view is missing")?
+        .clone();
+    let last_seq = |js: &async_nats::jetstream::Context| {
+        let js = js.clone();
+        async move {
+            let mut stream = js.get_stream(shared::STREAM_NAME).await?;
+            anyhow::Ok(stream.info().await?.state.last_sequence)
+        }
+    };
+    let caught_up = |target: u64, within: Duration| {
+        let view = view.clone();
+        async move {
+            let deadline = Instant::now() + within;
+            loop {
+                if view
+                    .current()
+                    .checkpoint()
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?
+                    >= target
+                {
+                    return anyhow::Ok(());
+                }
+                if Instant::now() > deadline {
+                    bail!("the view did not reach position {target} within {within:?}");
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    let limit = Duration::from_secs(300);
+    let target = last_seq(js).await?;
+    let shutdown = platform::shutdown::Shutdown::new();
+    let started = Instant::now();
+    let handles = app.spawn_projectors(&shutdown);
+    caught_up(target, limit).await?;
+    let rebuild = events as f64 / started.elapsed().as_secs_f64();
+    progress(format_args!(
+        "projection rebuild: {events} events at {rebuild:.0}/s"
+    ));
+
+    // ours: live (publish as many again while the view runs)
+    let started = Instant::now();
+    raw.publish_all(live).await?;
+    let target = last_seq(js).await?;
+    caught_up(target, limit).await?;
+    let live_rate = events as f64 / started.elapsed().as_secs_f64();
+    progress(format_args!(
+        "projection live: {events} events at {live_rate:.0}/s"
+    ));
+    shutdown.trigger();
+    for h in handles {
+        let _ = tokio::time::timeout(Duration::from_secs(5), h).await;
+    }
+    drop(server);
+
+    let row = |name: String, ours: f64| {
+        let ratio = ours / baseline;
+        Row {
+            scenario: name,
+            unit: "events/s".to_owned(),
+            ours: Some(ours),
+            baseline: Some(baseline),
+            ratio_kind: RatioKind::Speed,
+            ratio: Some(ratio),
+            target: None,
+            holds: None,
+            ours_p50_ms: None,
+            ours_p99_ms: None,
+            baseline_p50_ms: None,
+            baseline_p99_ms: None,
+            note: "accounts view only; no target was set; baseline = raw consume of the backlog"
+                .to_owned(),
+        }
+    };
+    Ok(vec![
+        row(
+            format!("projection rebuild ({events} events backlog, fresh view)"),
+            rebuild,
+        ),
+        row(
+            format!("projection live ({events} events published while running)"),
+            live_rate,
+        ),
+    ])
+}

@@ -23,7 +23,11 @@ say() { printf '[schemathesis] %s\n' "$*" >&2; }
 
 if ! command -v schemathesis >/dev/null 2>&1; then
   say "installing schemathesis (pip install schemathesis)"
-  python3 -m pip install --quiet schemathesis >&2
+  python3 -m pip install --quiet --disable-pip-version-check schemathesis >&2
+  # pip's scripts: pyenv needs its shims refreshed; a user install lands in ~/.local/bin
+  if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
+  export PATH="$HOME/.local/bin:$PATH"
+  command -v schemathesis >/dev/null 2>&1 || { say "schemathesis is installed but not on PATH"; exit 1; }
 fi
 say "$(schemathesis --version 2>/dev/null | head -n1)"
 

@@ -6,6 +6,7 @@
 // A benchmark's job is to print its result table on stdout; everything else goes to stderr.
 #![allow(clippy::print_stdout)]
 
+mod gateway;
 mod raw;
 mod report;
 mod scenarios;
@@ -28,7 +29,7 @@ struct Args {
     #[arg(long)]
     quick: bool,
     /// Run only the scenarios whose name contains one of these (hot, http, many, cold,
-    /// projection); repeatable. Default: all.
+    /// projection, gateway); repeatable. Default: all.
     #[arg(long)]
     only: Vec<String>,
     /// Where to write the JSON results.
@@ -99,6 +100,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if wanted("projection") {
         rows.extend(scenarios::projection(&ctx.sizes).await?);
+    }
+    if wanted("gateway") {
+        rows.extend(gateway::gateway(&ctx.sizes).await?);
     }
 
     let duration = started.elapsed();

@@ -18,16 +18,19 @@ pub fn repo_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(".."))
 }
 
-/// `target/<profile>/`, where a test's own executable lives one level down (`deps/`).
+/// `target/<profile>/`: where the running executable is, or its parent when that is `deps/`
+/// (test executables live in `target/<profile>/deps/`, binaries such as `bench` do not).
 ///
 /// # Panics
-/// When the test executable's path has no such parents.
+/// When the executable's path has no parent.
 pub fn target_profile_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>")
-        .to_owned()
+    let exe = std::env::current_exe().expect("current executable");
+    let dir = exe.parent().expect("target/<profile>");
+    if dir.file_name().is_some_and(|d| d == "deps") {
+        dir.parent().unwrap_or(dir).to_owned()
+    } else {
+        dir.to_owned()
+    }
 }
 
 static BUILD: Once = Once::new();

@@ -653,7 +653,7 @@ enum Disposition {
 }
 
 /// Documents read or written at once by one batch.
-const COMMIT_CONCURRENCY: usize = 64;
+const COMMIT_CONCURRENCY: usize = 256;
 
 /// Writes one document with compare-and-set; on a conflict re-reads it and re-folds the batch's
 /// events into it (skipping those its `_position` already covers). Returns the committed
@@ -710,6 +710,13 @@ async fn commit_doc(
     ))
 }
 
+fn counts_parked(dispositions: &[Disposition]) -> usize {
+    dispositions
+        .iter()
+        .filter(|d| matches!(d, Disposition::Term))
+        .count()
+}
+
 struct Pending {
     doc: Option<Value>,
     revision: Option<u64>,
@@ -727,6 +734,9 @@ pub struct Projector {
     cache: HashMap<String, StoredDoc>,
     /// Documents read ahead for the batch in hand.
     prefetched: HashMap<String, Option<StoredDoc>>,
+    /// Parked-aggregate marks and the parked bucket's last sequence they reflect.
+    marks: Option<(u64, BTreeMap<String, (ParkMark, u64)>)>,
+    marks_seen: u64,
     checkpoint_rev: Option<u64>,
     checkpoint: u64,
     js: jetstream::Context,
@@ -750,6 +760,8 @@ impl Projector {
             settings,
             cache: HashMap::new(),
             prefetched: HashMap::new(),
+            marks: None,
+            marks_seen: 0,
             checkpoint_rev,
             checkpoint,
             js: js.clone(),
@@ -1120,9 +1132,33 @@ impl Projector {
         Ok(())
     }
 
+    /// The parked aggregates' marks: listing them costs a consumer, so they are kept between
+    /// batches and re-listed only when the parked bucket changed since (another instance, an
+    /// admin retry or skip), which one stream-info request tells.
+    async fn marks(&mut self) -> Result<BTreeMap<String, (ParkMark, u64)>, StoreError> {
+        let last = self
+            .rt
+            .parked
+            .status()
+            .await
+            .map_err(|e| StoreError::new("reading the parked bucket's state", e))?
+            .info
+            .state
+            .last_sequence;
+        if let Some((seen, marks)) = self.marks.take()
+            && seen == last
+        {
+            return Ok(marks);
+        }
+        let marks = store::park_marks(&self.rt.parked).await?;
+        self.marks_seen = last;
+        Ok(marks)
+    }
+
     /// One batch: fold, commit documents, checkpoint, ack.
     async fn process(&mut self, batch: &[Message]) -> Result<(), StoreError> {
-        let mut marks = store::park_marks(&self.rt.parked).await?;
+        let mut marks = self.marks().await?;
+        let marks_seen = self.marks_seen;
         self.prefetch(batch).await?;
         let mut working: HashMap<String, Pending> = HashMap::new();
         let mut order: Vec<String> = Vec::new();
@@ -1294,6 +1330,10 @@ impl Projector {
         self.prefetched.clear();
 
         self.write_checkpoint(last_seq).await?;
+        // our own parks changed the bucket: keep the marks only if nothing was parked
+        if counts_parked(&dispositions) == 0 {
+            self.marks = Some((marks_seen, marks));
+        }
         for (m, d) in batch.iter().zip(dispositions) {
             let r = match d {
                 Disposition::Ack => m.ack().await,

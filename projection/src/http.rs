@@ -75,6 +75,8 @@ impl ApiState {
     async fn wait_for(&self, rt: &ViewRuntime, min: Option<u64>) -> Result<(), Problem> {
         let Some(min) = min else { return Ok(()) };
         let deadline = Instant::now() + self.min_position_timeout;
+        // a write is usually applied within milliseconds: poll fast first, then back off
+        let mut pause = Duration::from_millis(1);
         loop {
             // read from KV, not from memory, so a standby instance answers correctly too
             let position = rt.checkpoint().await.map_err(|e| unavailable(&e))?;
@@ -94,7 +96,8 @@ impl ApiState {
                 .with("min_position", min)
                 .retry_after(1));
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(20));
         }
     }
 }

@@ -1,3 +1,4 @@
 //! Integration tests of the shared conventions against a real nats-server.
 
+mod auth;
 mod nats;

@@ -710,6 +710,9 @@ async fn commit_doc(
     ))
 }
 
+/// Parked aggregates' marks by aggregate token, with each mark's KV revision.
+type Marks = BTreeMap<String, (ParkMark, u64)>;
+
 fn counts_parked(dispositions: &[Disposition]) -> usize {
     dispositions
         .iter()
@@ -735,7 +738,7 @@ pub struct Projector {
     /// Documents read ahead for the batch in hand.
     prefetched: HashMap<String, Option<StoredDoc>>,
     /// Parked-aggregate marks and the parked bucket's last sequence they reflect.
-    marks: Option<(u64, BTreeMap<String, (ParkMark, u64)>)>,
+    marks: Option<(u64, Marks)>,
     marks_seen: u64,
     checkpoint_rev: Option<u64>,
     checkpoint: u64,
@@ -1135,7 +1138,7 @@ impl Projector {
     /// The parked aggregates' marks: listing them costs a consumer, so they are kept between
     /// batches and re-listed only when the parked bucket changed since (another instance, an
     /// admin retry or skip), which one stream-info request tells.
-    async fn marks(&mut self) -> Result<BTreeMap<String, (ParkMark, u64)>, StoreError> {
+    async fn marks(&mut self) -> Result<Marks, StoreError> {
         let last = self
             .rt
             .parked

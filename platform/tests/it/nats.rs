@@ -95,3 +95,32 @@ async fn the_client_starts_before_the_server_and_connects_when_it_comes() {
     server.restart();
     assert!(eventually(Duration::from_secs(15), || is_connected(&client)).await);
 }
+
+#[tokio::test]
+async fn tls_with_a_private_ca_connects_and_plaintext_is_refused() {
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    let cert = format!("{fixtures}/server-cert.pem");
+    let key = format!("{fixtures}/server-key.pem");
+    let ca = format!("{fixtures}/ca.pem");
+    let server = NatsServer::start_with_args(&["--tls", "--tlscert", &cert, "--tlskey", &key]);
+    let url = server.url();
+    let tls = connect(
+        &args(&["--nats-url", &url, "--nats-tls-ca", &ca]),
+        "test",
+        "tls",
+    )
+    .await
+    .expect("client");
+    assert!(
+        eventually(Duration::from_secs(5), || is_connected(&tls)).await,
+        "no TLS connection with the CA"
+    );
+    let plain = connect(&args(&["--nats-url", &url]), "test", "plain")
+        .await
+        .expect("client (connects in the background)");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !is_connected(&plain),
+        "connected without trusting the server's CA"
+    );
+}

@@ -117,26 +117,44 @@ pub async fn open_bucket(
     description: &str,
     replicas: usize,
 ) -> Result<kv::Store, StoreError> {
-    let store = match js.get_key_value(name).await {
-        Ok(store) => store,
-        Err(_) => match js
-            .create_key_value(kv::Config {
-                bucket: name.to_owned(),
-                description: description.to_owned(),
-                history: 1,
+    if js.get_key_value(name).await.is_err() {
+        // the bucket's stream, as the client's create_key_value makes it but with direct get
+        // off: any replica may answer a direct get, and on a cluster a lagging follower would
+        // serve a document older than the checkpoint another read saw (read-your-writes broke
+        // in the chaos suite's leader-kill scenario); plain gets go to the stream leader
+        let created = js
+            .create_stream(jetstream::stream::Config {
+                name: format!("KV_{name}"),
+                description: Some(description.to_owned()),
+                subjects: vec![format!("$KV.{name}.>")],
+                max_messages_per_subject: 1,
+                max_bytes: -1,
+                max_message_size: -1,
+                storage: jetstream::stream::StorageType::File,
+                allow_rollup: true,
+                deny_delete: true,
+                allow_direct: false,
                 num_replicas: replicas.max(1),
+                discard: jetstream::stream::DiscardPolicy::New,
                 ..Default::default()
             })
-            .await
-        {
-            Ok(store) => store,
+            .await;
+        if let Err(e) = created {
             // another instance may have created it in between
-            Err(e) => js
-                .get_key_value(name)
-                .await
-                .map_err(|_| StoreError::new(format!("creating bucket {name}"), e))?,
-        },
-    };
+            tracing::debug!(bucket = name, error = %e, "creating the bucket failed");
+        }
+    }
+    let store = js
+        .get_key_value(name)
+        .await
+        .map_err(|e| StoreError::new(format!("opening bucket {name}"), e))?;
+    if store.stream.cached_info().config.allow_direct {
+        tracing::warn!(
+            bucket = name,
+            "bucket allows direct gets: on a cluster a lagging replica may answer reads; \
+             recreate it (a rebuild does) to get leader reads"
+        );
+    }
     wait_until_readable(&store, name).await?;
     Ok(store)
 }

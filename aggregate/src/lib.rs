@@ -103,27 +103,39 @@ pub async fn start(config: &Config, aggregates: Vec<Arc<dyn DynAggregate>>) -> a
         .map_err(|e| anyhow::anyhow!("connecting to NATS: {e}"))?;
     let js = async_nats::jetstream::new(client.clone());
     let spec = shared::StreamSpec::events(config.nats.stream_replicas);
-    let info = platform::nats::ensure_stream(&js, &spec).await?;
     let metrics = Metrics::new("aggregate");
-    let load = LoadSettings {
-        strategy: config.load_strategy,
-        ..LoadSettings::recommended()
-    };
-    let store = EventStore::new(client.clone(), load, info.config.allow_atomic_publish);
-    let runtime = Runtime::new(
-        store,
-        &js,
-        aggregates,
-        RuntimeSettings {
-            cache_capacity: config.cache_capacity,
-            conflict_retries: config.conflict_retries,
-            idempotency_ttl: Duration::from_secs(config.idempotency_ttl_secs),
-            replicas: config.nats.stream_replicas,
+    let runtime = platform::nats::retry_startup(
+        "setting up the stream and the idempotency bucket",
+        config.nats.startup_timeout(),
+        |e| {
+            e.downcast_ref::<platform::nats::StreamError>()
+                .is_some_and(platform::nats::StreamError::is_permanent)
         },
-        &metrics,
+        || async {
+            platform::nats::require_connected(&client, &config.nats)?;
+            let info = platform::nats::ensure_stream(&js, &spec).await?;
+            let load = LoadSettings {
+                strategy: config.load_strategy,
+                ..LoadSettings::recommended()
+            };
+            let store = EventStore::new(client.clone(), load, info.config.allow_atomic_publish);
+            Runtime::new(
+                store,
+                &js,
+                aggregates.clone(),
+                RuntimeSettings {
+                    cache_capacity: config.cache_capacity,
+                    conflict_retries: config.conflict_retries,
+                    idempotency_ttl: Duration::from_secs(config.idempotency_ttl_secs),
+                    replicas: config.nats.stream_replicas,
+                },
+                &metrics,
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("creating the idempotency bucket: {e}"))
+        },
     )
-    .await
-    .map_err(|e| anyhow::anyhow!("creating the idempotency bucket: {e}"))?;
+    .await?;
     Ok(App {
         runtime: Arc::new(runtime),
         client,
@@ -164,7 +176,14 @@ pub fn app(app: &App, auth: Authenticator, http: HttpSettings) -> Router {
 /// Runs the service until `shutdown` fires, then drains within the grace period.
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let auth = Authenticator::from_args(&config.auth)?;
-    let app_state = start(&config, default_aggregates()).await?;
+    // start-up may wait for JetStream (see `--startup-timeout-secs`); SIGTERM ends the wait
+    let app_state = tokio::select! {
+        app = start(&config, default_aggregates()) => app?,
+        () = shutdown.wait() => {
+            tracing::info!("shut down during start-up");
+            return Ok(());
+        }
+    };
     let router = app(&app_state, auth, config.service.http());
     let listener = tokio::net::TcpListener::bind(config.http_addr)
         .await

@@ -27,6 +27,17 @@ pub struct NatsArgs {
     /// Replicas of the events stream when this service creates it (3 on a 3-node cluster).
     #[arg(long, env = "STREAM_REPLICAS", default_value_t = 1)]
     pub stream_replicas: usize,
+    /// How long start-up keeps retrying while NATS or JetStream is not usable yet (server
+    /// still starting, no meta leader, too slow to answer), in seconds.
+    #[arg(long, env = "STARTUP_TIMEOUT_SECS", default_value_t = 60)]
+    pub startup_timeout_secs: u64,
+}
+
+impl NatsArgs {
+    /// The start-up deadline.
+    pub fn startup_timeout(&self) -> Duration {
+        Duration::from_secs(self.startup_timeout_secs)
+    }
 }
 
 /// Why the events stream cannot be used.
@@ -52,6 +63,79 @@ pub enum StreamError {
         /// The client error.
         source: async_nats::Error,
     },
+}
+
+impl StreamError {
+    /// Whether trying again cannot help: an incompatible stream stays incompatible.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, StreamError::Incompatible { .. })
+    }
+}
+
+/// Runs a start-up `step` (stream, buckets, consumers: every step is get-or-create, so it can
+/// run again) until it succeeds, a `permanent` error comes back, or `within` has passed.
+/// A cluster that is still electing its meta leader, or a server that has not come up yet,
+/// delays start-up instead of failing it. Each failed attempt is logged with its error;
+/// giving up returns the last error with what was tried.
+///
+/// # Errors
+/// The permanent error, or the last error once `within` has passed.
+pub async fn retry_startup<T, F, Fut>(
+    what: &str,
+    within: Duration,
+    permanent: impl Fn(&anyhow::Error) -> bool,
+    mut step: F,
+) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let started = std::time::Instant::now();
+    let mut delay = Duration::from_millis(100);
+    let mut attempt = 1u32;
+    loop {
+        // an attempt may hang on a server that does not answer: it gets what is left
+        let left = within.saturating_sub(started.elapsed());
+        let result = match tokio::time::timeout(left, step()).await {
+            Ok(result) => result,
+            Err(_) => Err(anyhow::anyhow!("no answer within {left:?}")),
+        };
+        match result {
+            Ok(value) => {
+                if attempt > 1 {
+                    tracing::info!(
+                        attempt,
+                        waited_ms = started.elapsed().as_millis(),
+                        "{what}: done"
+                    );
+                }
+                return Ok(value);
+            }
+            Err(e) if permanent(&e) => return Err(e),
+            Err(e) => {
+                let waited = started.elapsed();
+                if waited + delay >= within {
+                    return Err(e.context(format!(
+                        "{what}: still failing after {attempt} attempts in {:.1} s \
+                         (the start-up timeout is {} s)",
+                        waited.as_secs_f64(),
+                        within.as_secs()
+                    )));
+                }
+                tracing::warn!(
+                    attempt,
+                    error = format!("{e:#}"),
+                    retry_in_ms = delay.as_millis(),
+                    "{what} failed; retrying"
+                );
+                tokio::time::sleep(delay).await;
+                // 100 ms doubling to 2 s, with jitter so instances do not retry in lockstep
+                let next = delay.saturating_mul(2).min(Duration::from_secs(2));
+                delay = next / 2 + next.mul_f64(rand::random::<f64>() / 2.0);
+                attempt += 1;
+            }
+        }
+    }
 }
 
 /// Connects with reconnect-forever and back-off; the connection name is
@@ -89,6 +173,19 @@ pub async fn connect(
     }
     let urls: Vec<&str> = args.nats_url.split(',').map(str::trim).collect();
     Ok(opts.connect(urls).await?)
+}
+
+/// Fails fast, naming the servers, while the client has no connection: a start-up step
+/// then retries quickly instead of waiting out a request timeout.
+///
+/// # Errors
+/// When the client is not connected right now.
+pub fn require_connected(client: &async_nats::Client, args: &NatsArgs) -> anyhow::Result<()> {
+    if is_connected(client) {
+        Ok(())
+    } else {
+        anyhow::bail!("not connected to NATS at {}", args.nats_url)
+    }
 }
 
 /// Whether the client is connected right now (readiness).

@@ -174,28 +174,38 @@ pub async fn start(config: &Config, views: Vec<Arc<dyn View>>) -> anyhow::Result
         .map_err(|e| anyhow::anyhow!("connecting to NATS: {e}"))?;
     let js = async_nats::jetstream::new(client.clone());
     let spec = shared::StreamSpec::events(config.nats.stream_replicas);
-    platform::nats::ensure_stream(&js, &spec).await?;
     let metrics = Metrics::new("projection");
     let view_metrics = ViewMetrics::register(&metrics);
-    let generations = Generations::open(&js, config.consumer(), view_metrics)
-        .await
-        .context("opening the view generations bucket")?;
-    let mut map = BTreeMap::new();
-    let mut projectors = Vec::new();
-    for view in views {
-        let name = view.name().to_string();
-        let generation = generations
-            .live(&*view)
-            .await
-            .with_context(|| format!("reading the generation of view {name}"))?;
-        let projector = generations
-            .open_projector(view, generation)
-            .await
-            .with_context(|| format!("starting view {name}"))?;
-        let slot = Arc::new(ViewSlot::new(projector.runtime().clone()));
-        projectors.push((slot.clone(), projector));
-        map.insert(name, slot);
-    }
+    let (generations, map, projectors) = platform::nats::retry_startup(
+        "setting up the stream, the view buckets and the consumers",
+        config.nats.startup_timeout(),
+        is_permanent_start_error,
+        || async {
+            platform::nats::require_connected(&client, &config.nats)?;
+            platform::nats::ensure_stream(&js, &spec).await?;
+            let generations = Generations::open(&js, config.consumer(), view_metrics.clone())
+                .await
+                .context("opening the view generations bucket")?;
+            let mut map = BTreeMap::new();
+            let mut projectors = Vec::new();
+            for view in views.iter().cloned() {
+                let name = view.name().to_string();
+                let generation = generations
+                    .live(&*view)
+                    .await
+                    .with_context(|| format!("reading the generation of view {name}"))?;
+                let projector = generations
+                    .open_projector(view, generation)
+                    .await
+                    .with_context(|| format!("starting view {name}"))?;
+                let slot = Arc::new(ViewSlot::new(projector.runtime().clone()));
+                projectors.push((slot.clone(), projector));
+                map.insert(name, slot);
+            }
+            Ok((generations, map, projectors))
+        },
+    )
+    .await?;
     Ok(App {
         client,
         metrics,
@@ -205,6 +215,14 @@ pub async fn start(config: &Config, views: Vec<Arc<dyn View>>) -> anyhow::Result
         projectors,
         min_position_timeout: Duration::from_millis(config.min_position_timeout_ms),
     })
+}
+
+/// Start-up errors that retrying cannot fix: an incompatible stream or consumer.
+fn is_permanent_start_error(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<platform::nats::StreamError>()
+        .is_some_and(platform::nats::StreamError::is_permanent)
+        || e.downcast_ref::<rebuild::RebuildError>()
+            .is_some_and(rebuild::RebuildError::is_permanent)
 }
 
 /// The complete router: API (behind auth) plus ops routes, in the shared middleware stack.
@@ -268,15 +286,25 @@ pub async fn rebuild_cli(config: &Config, view_name: &str) -> anyhow::Result<u32
     .await
     .map_err(|e| anyhow::anyhow!("connecting to NATS: {e}"))?;
     let js = async_nats::jetstream::new(client.clone());
-    platform::nats::ensure_stream(
-        &js,
-        &shared::StreamSpec::events(config.nats.stream_replicas),
+    let metrics = Metrics::new("projection");
+    let view_metrics = ViewMetrics::register(&metrics);
+    let generations = platform::nats::retry_startup(
+        "setting up the stream and the view generations bucket",
+        config.nats.startup_timeout(),
+        is_permanent_start_error,
+        || async {
+            platform::nats::require_connected(&client, &config.nats)?;
+            platform::nats::ensure_stream(
+                &js,
+                &shared::StreamSpec::events(config.nats.stream_replicas),
+            )
+            .await?;
+            Generations::open(&js, config.consumer(), view_metrics.clone())
+                .await
+                .context("opening the view generations bucket")
+        },
     )
     .await?;
-    let metrics = Metrics::new("projection");
-    let generations = Generations::open(&js, config.consumer(), ViewMetrics::register(&metrics))
-        .await
-        .context("opening the view generations bucket")?;
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
@@ -310,7 +338,14 @@ pub async fn rebuild_cli(config: &Config, view_name: &str) -> anyhow::Result<u32
 /// Runs the service until `shutdown` fires, then drains within the grace period.
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let auth = Authenticator::from_args(&config.auth)?;
-    let app_state = start(&config, default_views()).await?;
+    // start-up may wait for JetStream (see `--startup-timeout-secs`); SIGTERM ends the wait
+    let app_state = tokio::select! {
+        app = start(&config, default_views()) => app?,
+        () = shutdown.wait() => {
+            tracing::info!("shut down during start-up");
+            return Ok(());
+        }
+    };
     let router = app(&app_state, auth, config.service.http());
     let listener = tokio::net::TcpListener::bind(config.http_addr)
         .await

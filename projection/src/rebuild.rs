@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, kv};
 use serde::Serialize;
 
-use crate::engine::{ConsumerSettings, Projector, ViewRuntime};
+use crate::engine::{ConsumerSettings, Projector, StartError, ViewRuntime};
 use crate::metrics::ViewMetrics;
 use crate::store::{self, StoreError};
 use crate::view::View;
@@ -96,13 +96,24 @@ pub enum RebuildError {
     Store(#[from] StoreError),
     /// The new generation's consumer could not be set up.
     #[error("starting the new generation: {0}")]
-    Start(String),
+    Start(StartError),
     /// Another rebuild switched the pointer first.
     #[error("another rebuild of this view finished first (generation {0}); nothing switched")]
     Raced(u32),
     /// The new generation made no progress for too long.
     #[error("the new generation made no progress for {0:?}")]
     Stalled(Duration),
+}
+
+impl RebuildError {
+    /// Whether trying again cannot help (a consumer with another configuration is never
+    /// overwritten), as opposed to NATS or JetStream being unavailable for now.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            RebuildError::Start(StartError::ConsumerMismatch { .. })
+        )
+    }
 }
 
 /// Everything needed to open generations of views.
@@ -152,7 +163,7 @@ impl Generations {
         );
         Projector::new(&self.js, rt, self.settings)
             .await
-            .map_err(|e| RebuildError::Start(e.to_string()))
+            .map_err(RebuildError::Start)
     }
 
     /// The live generation of `view`.

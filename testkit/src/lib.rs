@@ -230,6 +230,31 @@ impl Drop for NatsServer {
     }
 }
 
+/// For start-up tests: asserts that `starting` (a spawned start-up) is still waiting after
+/// `pause` (neither given up nor done without what it waits for), then runs `bring_up` (e.g.
+/// restarts the server) and returns what `starting` finishes with within `within`.
+///
+/// # Panics
+/// When `starting` finished before `bring_up`, panicked, or did not finish within `within`.
+/// Needs a multi-threaded runtime (`bring_up` may block).
+pub async fn waits_until_brought_up<T: Send + 'static>(
+    starting: tokio::task::JoinHandle<T>,
+    pause: Duration,
+    bring_up: impl FnOnce(),
+    within: Duration,
+) -> T {
+    tokio::time::sleep(pause).await;
+    assert!(
+        !starting.is_finished(),
+        "start-up finished within {pause:?} without what it waits for: it must wait instead"
+    );
+    tokio::task::block_in_place(bring_up);
+    tokio::time::timeout(within, starting)
+        .await
+        .unwrap_or_else(|_| panic!("start-up did not finish within {within:?} of bring-up"))
+        .expect("start-up task")
+}
+
 /// A free loopback TCP port (bound, then released; good enough for tests on one machine).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

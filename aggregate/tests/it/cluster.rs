@@ -16,13 +16,7 @@ use crate::support::*;
 async fn killing_the_stream_leader_loses_and_duplicates_nothing() {
     let mut cluster = NatsCluster::start();
     let urls = cluster.urls();
-    let config = aggregate::Config::parse_from_args(&[
-        "--nats-url",
-        &urls,
-        "--stream-replicas",
-        "3",
-        "--insecure-no-auth",
-    ]);
+    let config = cluster_config(&urls);
     let app = Arc::new(
         aggregate::start(&config, aggregates())
             .await

@@ -3,5 +3,6 @@
 mod cluster;
 mod http;
 mod runtime;
+mod startup;
 mod store;
 mod support;

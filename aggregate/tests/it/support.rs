@@ -24,6 +24,17 @@ pub(crate) fn config(server: &NatsServer, extra: &[&str]) -> aggregate::Config {
     aggregate::Config::parse_from(args)
 }
 
+/// An instance on a three-node cluster (`urls` comma-separated), creating an R3 stream.
+pub(crate) fn cluster_config(urls: &str) -> aggregate::Config {
+    aggregate::Config::parse_from_args(&[
+        "--nats-url",
+        urls,
+        "--stream-replicas",
+        "3",
+        "--insecure-no-auth",
+    ])
+}
+
 /// All aggregate types used in tests: the shipped ones plus a multi-event one.
 pub(crate) fn aggregates() -> Vec<Arc<dyn DynAggregate>> {
     let mut v = aggregate::default_aggregates();

@@ -301,3 +301,56 @@ async fn a_consumer_with_another_configuration_is_refused_not_overwritten() {
     assert!(text.contains("max_deliver: expected 5, found 10"), "{text}");
     assert!(text.contains("view-accounts-v1"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_waits_for_a_server_that_is_not_up_yet_then_projects() {
+    let mut server = NatsServer::start();
+    let cfg = config(&server, &[]);
+    server.kill();
+    let starting = {
+        let cfg = cfg.clone();
+        tokio::spawn(async move { projection::start(&cfg, projection::default_views()).await })
+    };
+    let app = testkit::waits_until_brought_up(
+        starting,
+        Duration::from_millis(1500),
+        || server.restart(),
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("start");
+    let p = serving(&cfg, app);
+    let agg = aggregate(&server).await;
+    let last = open(&agg, &account("acme", "late")).await;
+    p.caught_up("accounts", last.position, Duration::from_secs(30))
+        .await;
+    let (status, body) = p.get("/v1/tenants/acme/views/accounts/late").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["document"]["owner"], "Ada");
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn start_up_does_not_retry_an_incompatible_stream() {
+    let server = NatsServer::start();
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    async_nats::jetstream::new(client)
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: shared::STREAM_NAME.to_owned(),
+            subjects: vec!["other.>".to_owned()],
+            ..Default::default()
+        })
+        .await
+        .expect("stream");
+    // a retried permanent error would only end at this (long) start-up timeout
+    let cfg = config(&server, &["--startup-timeout-secs", "600"]);
+    let err = tokio::time::timeout(
+        Duration::from_secs(60),
+        projection::start(&cfg, projection::default_views()),
+    )
+    .await
+    .expect("refused at once, not retried until the start-up timeout")
+    .err()
+    .expect("refused");
+    assert!(format!("{err:#}").contains("other.>"), "{err:#}");
+}

@@ -100,9 +100,14 @@ pub(crate) async fn projection_with(
     views: Vec<Arc<dyn View>>,
 ) -> Instance {
     let cfg = config(server, extra);
-    let mut app = projection::start(&cfg, views)
+    let app = projection::start(&cfg, views)
         .await
         .expect("start projection");
+    serving(&cfg, app)
+}
+
+/// Serves and consumes with a started `app`.
+pub(crate) fn serving(cfg: &projection::Config, mut app: projection::App) -> Instance {
     let router = projection::app(
         &app,
         platform::auth::Authenticator::disabled(),

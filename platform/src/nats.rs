@@ -163,7 +163,10 @@ pub async fn connect(
             }
         });
     if let Some(creds) = &args.nats_creds {
-        opts = opts.credentials_file(creds).await?;
+        opts = opts
+            .credentials_file(creds)
+            .await
+            .map_err(|e| format!("reading the NATS credentials file {}: {e}", creds.display()))?;
     }
     if let (Some(user), Some(pass)) = (&args.nats_user, &args.nats_password) {
         opts = opts.user_and_password(user.clone(), pass.clone());

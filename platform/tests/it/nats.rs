@@ -3,8 +3,9 @@
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use platform::nats::{NatsArgs, connect, is_connected};
+use platform::nats::{NatsArgs, connect, ensure_stream, is_connected};
 use testkit::NatsServer;
+use testkit::operator::Operator;
 
 #[derive(Parser)]
 struct Args {
@@ -122,5 +123,73 @@ async fn tls_with_a_private_ca_connects_and_plaintext_is_refused() {
     assert!(
         !is_connected(&plain),
         "connected without trusting the server's CA"
+    );
+}
+
+#[tokio::test]
+async fn a_creds_file_authenticates_in_operator_mode_and_can_use_jetstream() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let operator = Operator::new();
+    let conf = operator.write_server_config(dir.path());
+    let server = NatsServer::start_with_args(&["--config", conf.to_str().expect("utf-8 path")]);
+    let url = server.url();
+
+    let creds = operator.user_creds(dir.path(), "aggregate");
+    let nats = args(&[
+        "--nats-url",
+        &url,
+        "--nats-creds",
+        creds.to_str().expect("path"),
+    ]);
+    let good = connect(&nats, "test", "creds").await.expect("client");
+    assert!(
+        eventually(Duration::from_secs(5), || is_connected(&good)).await,
+        "no connection with the user's creds"
+    );
+    // the account's JetStream is what the services use
+    let js = async_nats::jetstream::new(good);
+    let info = ensure_stream(&js, &shared::StreamSpec::events(1))
+        .await
+        .expect("the stream is created in the user's account");
+    assert_eq!(info.config.name, shared::STREAM_NAME);
+
+    let foreign = Operator::foreign_user_creds(dir.path(), "intruder");
+    let bad = connect(
+        &args(&[
+            "--nats-url",
+            &url,
+            "--nats-creds",
+            foreign.to_str().expect("path"),
+        ]),
+        "test",
+        "foreign",
+    )
+    .await
+    .expect("client (connects in the background)");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !is_connected(&bad),
+        "connected with a user of an account the server does not trust"
+    );
+    let anonymous = connect(&args(&["--nats-url", &url]), "test", "anonymous")
+        .await
+        .expect("client (connects in the background)");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!is_connected(&anonymous), "connected without credentials");
+}
+
+#[tokio::test]
+async fn a_missing_creds_file_is_a_clear_error() {
+    let err = connect(
+        &args(&["--nats-creds", "/nonexistent/svc.creds"]),
+        "test",
+        "missing",
+    )
+    .await
+    .expect_err("no client without its creds file");
+    let text = err.to_string();
+    assert!(
+        text.contains("reading the NATS credentials file /nonexistent/svc.creds"),
+        "{text}"
     );
 }

@@ -882,6 +882,28 @@ impl Projector {
                     );
                     self.checkpoint = info.state.first_sequence - 1;
                 }
+                // events parked without a checkpoint (storage failed right after) are done
+                // too; they are never redelivered, so waiting for them would stall the view
+                let mut next = self.checkpoint + 1;
+                while next < first
+                    && matches!(
+                        self.rt.parked.get(store::parked_msg_key(next)).await,
+                        Ok(Some(_))
+                    )
+                {
+                    next += 1;
+                }
+                if next > self.checkpoint + 1 {
+                    tracing::warn!(
+                        view = %self.rt.view.name(),
+                        from = self.checkpoint + 1,
+                        to = next - 1,
+                        "parked events were not checkpointed; moving past them"
+                    );
+                    if self.write_checkpoint(next - 1).await.is_err() {
+                        self.checkpoint = next - 1;
+                    }
+                }
             }
             if first > self.checkpoint + 1 {
                 tracing::debug!(
@@ -940,14 +962,42 @@ impl Projector {
         }
     }
 
-    /// After a batch failed for a retryable reason: messages delivered `max_deliver` times are
-    /// parked (when the dead-letter bucket is reachable); the rest are left unacknowledged and
-    /// redeliver after `ack_wait`.
-    async fn park_exhausted(&mut self, batch: &[Message], error: &str) {
+    fn is_exhausted(&self, m: &Message) -> bool {
+        m.info()
+            .is_ok_and(|i| i.delivered >= self.settings.max_deliver)
+    }
+
+    /// After a batch failed for a retryable reason (storage, NATS): while no message of it has
+    /// been delivered `max_deliver` times, all are left unacknowledged and redeliver after
+    /// `ack_wait`. Once one has, the batch is taken apart: one message at a time, in stream
+    /// order, so that only a message that fails on its own is parked (`retryable failure after
+    /// N deliveries`) and the others, innocent members of the same batch, are applied. The
+    /// first message that fails without being exhausted stops the walk; it and the rest
+    /// redeliver, in order.
+    async fn park_exhausted(&mut self, batch: &[Message], batch_error: &str) {
+        if !batch.iter().any(|m| self.is_exhausted(m)) {
+            return;
+        }
+        let name = self.rt.view.name();
         for m in batch {
-            let Ok(info) = m.info() else { continue };
+            let mut failure = None;
+            for _ in 0..2 {
+                match self.process(std::slice::from_ref(m)).await {
+                    Ok(()) => {
+                        failure = None;
+                        break;
+                    }
+                    Err(e) => {
+                        self.cache.clear();
+                        failure = Some(e.to_string());
+                    }
+                }
+            }
+            let Some(error) = failure else { continue };
+            let Ok(info) = m.info() else { return };
             if info.delivered < self.settings.max_deliver {
-                continue;
+                tracing::warn!(view = %name, seq = info.stream_sequence, error, "event failed on its own; it redelivers");
+                return;
             }
             let seq = info.stream_sequence;
             let address = AggregateAddress::parse_subject(m.subject.as_str()).ok();
@@ -955,14 +1005,21 @@ impl Projector {
                 "retryable failure after {} deliveries: {error}",
                 info.delivered
             );
+            tracing::error!(view = %name, seq, batch_error, reason, "parking an event that keeps failing");
             let mut marks = BTreeMap::new();
             if self
                 .park(m, seq, address.as_ref(), &reason, &mut marks)
                 .await
-                .is_ok()
+                .is_err()
             {
-                let _ = m.ack_with(AckKind::Term).await;
+                return; // the dead-letter bucket is unreachable too: everything redelivers
             }
+            // parked is done: the checkpoint moves past it (should this write fail, the gap
+            // check in `take_contiguous` finds the parked record and moves past it later)
+            if let Err(e) = self.write_checkpoint(seq).await {
+                tracing::warn!(view = %name, seq, error = %e, "checkpoint after parking failed");
+            }
+            let _ = m.ack_with(AckKind::Term).await;
         }
     }
 

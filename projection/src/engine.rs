@@ -30,7 +30,7 @@ use crate::store::{
     self, CHECKPOINT_KEY, ParkMark, ParkedRecord, StoreError, StoredDoc, aggregate_token,
     park_mark_key, parked_msg_key, to_bytes,
 };
-use crate::view::{DELETED_FIELD, Fold, POSITION_FIELD, View, ViewError};
+use crate::view::{Change, DELETED_FIELD, Fold, POSITION_FIELD, View, ViewError};
 
 /// The priority group every instance pulls in.
 pub const PRIORITY_GROUP: &str = "projection";
@@ -349,6 +349,39 @@ fn set_position(doc: Value, seq: u64) -> Value {
             Value::Object(m)
         }
         other => json!({"value": other, POSITION_FIELD: seq}),
+    }
+}
+
+/// Folds `env` (stream sequence `seq`) into `doc` in place through
+/// [`View::apply_in_place`]. `Ok(true)`: changed (the document now carries `_position`, or is a
+/// tombstone); `Ok(false)`: an unknown event type; on `Ok(false)` and `Err` the document is as
+/// it was. A tombstone is folded as "no document".
+fn fold_in_place(
+    view: &dyn View,
+    doc: &mut Option<Value>,
+    seq: u64,
+    env: &EventEnvelope,
+) -> Result<bool, ViewError> {
+    let deleted = doc
+        .as_ref()
+        .is_some_and(|d| d.get(DELETED_FIELD).and_then(Value::as_bool) == Some(true));
+    let mut current = if deleted { None } else { doc.take() };
+    let result = view.apply_in_place(&mut current, env);
+    match result {
+        Ok(Change::Changed) => {
+            *doc = Some(set_position(current.unwrap_or(Value::Null), seq));
+            Ok(true)
+        }
+        Ok(Change::Deleted) => {
+            *doc = Some(tombstone(seq));
+            Ok(true)
+        }
+        Ok(Change::Unknown) | Err(_) => {
+            if !deleted {
+                *doc = current;
+            }
+            result.map(|_| false)
+        }
     }
 }
 
@@ -680,21 +713,16 @@ async fn commit_doc(
             if doc.as_ref().map_or(0, store::position_of) >= *seq {
                 continue;
             }
-            let current = doc
-                .clone()
-                .filter(|d| d.get(DELETED_FIELD).and_then(Value::as_bool) != Some(true));
-            doc = match view.apply(current, env) {
-                Ok(Fold::Set(v)) => Some(set_position(v, *seq)),
-                Ok(Fold::Delete) => Some(tombstone(*seq)),
-                Ok(Fold::Unknown) => continue,
+            match fold_in_place(view, &mut doc, *seq, env) {
+                Ok(true) => changed = true,
+                Ok(false) => {}
                 Err(e) => {
                     return Err(StoreError::new(
                         format!("re-folding {key} after a conflict"),
                         e,
                     ));
                 }
-            };
-            changed = true;
+            }
         }
         if !changed {
             // every event of the batch is already in the stored document
@@ -1317,11 +1345,7 @@ impl Projector {
                     result = Some(Ok(None));
                     break;
                 }
-                let current = pending
-                    .doc
-                    .clone()
-                    .filter(|d| d.get(DELETED_FIELD).and_then(Value::as_bool) != Some(true));
-                let r = self.rt.view.apply(current, &env);
+                let r = fold_in_place(&*self.rt.view, &mut pending.doc, seq, &env);
                 let refused = r.is_err();
                 result = Some(r.map(Some));
                 if !refused {
@@ -1336,11 +1360,8 @@ impl Projector {
                     dispositions.push(Disposition::Ack);
                     continue;
                 }
-                Some(Ok(Some(Fold::Set(v)))) => {
-                    pending.doc = Some(set_position(v, seq));
-                }
-                Some(Ok(Some(Fold::Delete))) => pending.doc = Some(tombstone(seq)),
-                Some(Ok(Some(Fold::Unknown))) => {
+                Some(Ok(Some(true))) => {}
+                Some(Ok(Some(false))) => {
                     counts.1 += 1;
                     tracing::debug!(event_type = %env.event_type, "unknown event type skipped");
                     dispositions.push(Disposition::Ack);
@@ -1473,5 +1494,54 @@ pub async fn poll_lag(
             () = shutdown.wait() => return,
             () = tokio::time::sleep(every) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::views::Accounts;
+
+    fn env(ty: &str, version: u64, payload: Value) -> EventEnvelope {
+        serde_json::from_value(json!({
+            "tenant_id": "acme", "aggregate_type": "account", "aggregate_id": "a",
+            "version": version, "event_type": ty, "payload": payload,
+            "occurred_at": "2026-01-01T00:00:00Z"
+        }))
+        .expect("envelope")
+    }
+
+    #[test]
+    fn fold_in_place_keeps_the_document_when_refused_or_unknown() {
+        let view = Accounts;
+        let mut doc = None;
+        let opened = env("opened", 1, json!({"owner": "A", "currency": "EUR"}));
+        assert_eq!(fold_in_place(&view, &mut doc, 7, &opened), Ok(true));
+        let stored = doc.clone().expect("created");
+        assert_eq!(stored[POSITION_FIELD], 7);
+        assert_eq!(stored["version"], 1);
+
+        // refused (version gap) and unknown: untouched, position included
+        let gap = env("deposited", 5, json!({"amount": 1}));
+        assert!(fold_in_place(&view, &mut doc, 8, &gap).is_err());
+        assert_eq!(doc.as_ref(), Some(&stored));
+        let unknown = env("renamed", 2, json!({}));
+        assert_eq!(fold_in_place(&view, &mut doc, 9, &unknown), Ok(false));
+        assert_eq!(doc.as_ref(), Some(&stored));
+
+        // a tombstone folds as "no document" and stays when the event is refused
+        let mut doc = Some(tombstone(10));
+        let deposit = env("deposited", 1, json!({"amount": "x"}));
+        assert!(fold_in_place(&view, &mut doc, 11, &deposit).is_err());
+        assert_eq!(doc, Some(tombstone(10)));
+        assert_eq!(fold_in_place(&view, &mut doc, 12, &opened), Ok(true));
+        assert_eq!(
+            doc.as_ref().map(|d| d[POSITION_FIELD].clone()),
+            Some(json!(12))
+        );
+        assert_eq!(
+            doc.as_ref().map(|d| d.get(DELETED_FIELD).is_none()),
+            Some(true)
+        );
     }
 }

@@ -25,6 +25,17 @@ pub enum Fold {
     Unknown,
 }
 
+/// What folding one event into a document in place did ([`View::apply_in_place`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// The document was changed (or created) in place.
+    Changed,
+    /// The document is deleted.
+    Deleted,
+    /// The view does not know this event type: the document was left as it was.
+    Unknown,
+}
+
 /// Why a view refused an event. Deterministic: the engine parks the event instead of retrying.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ViewError {
@@ -62,6 +73,26 @@ pub trait View: Send + Sync + 'static {
     /// Folds the event into the document (`None` = no document yet). The engine has already
     /// filtered duplicates and adds `_position` to the result.
     fn apply(&self, doc: Option<Value>, env: &EventEnvelope) -> Result<Fold, ViewError>;
+
+    /// Folds the event into the document in place; this is what the engine calls. The
+    /// default copies the document and calls [`View::apply`], which is cheap for small
+    /// documents. A view whose documents grow large (one per tenant, say) overrides it to
+    /// change only what the event touches. Contract: on `Err` and on [`Change::Unknown`] the
+    /// document must be left exactly as it was (check everything before changing anything).
+    fn apply_in_place(
+        &self,
+        doc: &mut Option<Value>,
+        env: &EventEnvelope,
+    ) -> Result<Change, ViewError> {
+        Ok(match self.apply(doc.clone(), env)? {
+            Fold::Set(v) => {
+                *doc = Some(v);
+                Change::Changed
+            }
+            Fold::Delete => Change::Deleted,
+            Fold::Unknown => Change::Unknown,
+        })
+    }
 }
 
 pub(crate) fn payload_i64(env: &EventEnvelope, field: &str) -> Result<i64, ViewError> {

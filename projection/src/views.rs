@@ -4,7 +4,7 @@ use serde_json::{Map, Value, json};
 use shared::{EventEnvelope, ViewName};
 use time::format_description::well_known::Rfc3339;
 
-use crate::view::{Fold, View, ViewError, payload_i64, payload_str};
+use crate::view::{Change, Fold, View, ViewError, payload_i64, payload_str};
 
 const ACCOUNT: &str = "account";
 
@@ -116,19 +116,32 @@ impl View for TenantSummary {
     }
 
     fn apply(&self, doc: Option<Value>, env: &EventEnvelope) -> Result<Fold, ViewError> {
-        // the document is folded in place, touching only this account's entry and its
-        // currency's total: the cost of an event does not grow with the tenant's accounts
-        let mut doc = match doc {
-            Some(Value::Object(m)) => m,
-            _ => Map::new(),
-        };
+        let mut doc = doc;
+        Ok(match self.apply_in_place(&mut doc, env)? {
+            Change::Changed => Fold::Set(doc.unwrap_or(Value::Null)),
+            Change::Deleted => Fold::Delete,
+            Change::Unknown => Fold::Unknown,
+        })
+    }
+
+    /// Touches only this account's entry and its currency's total: the cost of an event does
+    /// not grow with the tenant's accounts (the engine does not copy the document either).
+    fn apply_in_place(
+        &self,
+        doc: &mut Option<Value>,
+        env: &EventEnvelope,
+    ) -> Result<Change, ViewError> {
         let id = env.aggregate_id.as_str();
         let state_err = |what: &str| ViewError::State(format!("account {id}: {what}"));
-        let entry = doc.get("accounts").and_then(|a| a.get(id)).map(|e| Entry {
-            currency: e.get("currency").and_then(Value::as_str).map(str::to_owned),
-            balance: e.get("balance").and_then(Value::as_i64).unwrap_or(0),
-            open: e.get("open").and_then(Value::as_bool) == Some(true),
-        });
+        let entry = doc
+            .as_ref()
+            .and_then(|d| d.get("accounts"))
+            .and_then(|a| a.get(id))
+            .map(|e| Entry {
+                currency: e.get("currency").and_then(Value::as_str).map(str::to_owned),
+                balance: e.get("balance").and_then(Value::as_i64).unwrap_or(0),
+                open: e.get("open").and_then(Value::as_bool) == Some(true),
+            });
         // everything is checked before anything changes
         let updated = match (env.event_type.as_str(), entry.clone()) {
             ("opened", None) => Entry {
@@ -154,7 +167,13 @@ impl View for TenantSummary {
                 e
             }
             ("closed", None) => return Err(state_err("closed before opened")),
-            _ => return Ok(Fold::Unknown),
+            _ => return Ok(Change::Unknown),
+        };
+        if !matches!(doc, Some(Value::Object(_))) {
+            *doc = Some(Value::Object(Map::new()));
+        }
+        let Some(Value::Object(doc)) = doc else {
+            unreachable!("made an object above")
         };
         let before = entry.unwrap_or_default();
         let open = doc
@@ -165,16 +184,16 @@ impl View for TenantSummary {
             - i64::from(before.open);
         doc.insert("open_accounts".into(), json!(open));
         if let Some(c) = &updated.currency {
-            let totals = object_field(&mut doc, "totals");
+            let totals = object_field(doc, "totals");
             let t = totals.get(c).and_then(Value::as_i64).unwrap_or(0);
             totals.insert(
                 c.clone(),
                 json!(t.saturating_add(updated.balance.saturating_sub(before.balance))),
             );
         }
-        object_field(&mut doc, "accounts").insert(id.to_owned(), updated.to_json());
+        object_field(doc, "accounts").insert(id.to_owned(), updated.to_json());
         doc.insert("last_event_at".into(), timestamp(env));
-        Ok(Fold::Set(Value::Object(doc)))
+        Ok(Change::Changed)
     }
 }
 
@@ -344,15 +363,25 @@ mod tests {
                     2 => ("withdrawn", json!({"amount": amount})),
                     _ => ("closed", json!({})),
                 };
-                match v.apply(doc.clone(), &env(&id, None, ty, payload)) {
+                let event = env(&id, None, ty, payload);
+                // the in-place fold agrees with the copying one, and leaves a refused
+                // document exactly as it was
+                let mut in_place = doc.clone();
+                let change = v.apply_in_place(&mut in_place, &event);
+                match v.apply(doc.clone(), &event) {
                     Ok(Fold::Set(d)) => {
+                        proptest::prop_assert_eq!(change, Ok(Change::Changed));
+                        proptest::prop_assert_eq!(in_place.as_ref(), Some(&d));
                         let (open, totals) = derived(&d);
                         proptest::prop_assert_eq!(&d["open_accounts"], &json!(open));
                         proptest::prop_assert_eq!(&d["totals"], &Value::Object(totals));
                         doc = Some(d);
                     }
                     Ok(other) => proptest::prop_assert!(false, "unexpected {:?}", other),
-                    Err(ViewError::State(_)) => {} // refused: the document stays as it was
+                    Err(ViewError::State(_)) => {
+                        proptest::prop_assert!(change.is_err());
+                        proptest::prop_assert_eq!(&in_place, &doc);
+                    }
                     Err(e) => proptest::prop_assert!(false, "unexpected {}", e),
                 }
             }

@@ -193,8 +193,8 @@ impl Row {
             _ => "-".to_owned(),
         };
         let target = match (self.ratio_kind, self.target) {
-            (RatioKind::Speed, Some(t)) => format!(">= {t:.1}x"),
-            (RatioKind::Time, Some(t)) => format!("<= {t:.1}x"),
+            (RatioKind::Speed, Some(t)) => format!(">= {t}x"),
+            (RatioKind::Time, Some(t)) => format!("<= {t}x"),
             _ => "-".to_owned(),
         };
         let holds = match self.holds {

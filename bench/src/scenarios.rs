@@ -493,7 +493,7 @@ pub(crate) async fn projection(sizes: &Sizes) -> anyhow::Result<Vec<Row>> {
     let js = &raw.js;
     platform::nats::ensure_stream(js, &shared::StreamSpec::events(1)).await?;
     let events = sizes.projection_events;
-    let aggregates = 1_000usize;
+    let aggregates = 10_000usize;
     let addresses = (0..aggregates)
         .map(|i| account_in(PROJECTION_TENANT, &format!("a-{i}")))
         .collect::<anyhow::Result<Vec<_>>>()?;

@@ -272,6 +272,9 @@ pub enum DecodeError {
     },
 }
 
+/// A message body decoded (or why not).
+type Decoded = Result<(AggregateAddress, EventEnvelope), DecodeError>;
+
 /// Decodes a message body against its subject.
 pub fn decode(
     subject: &str,
@@ -1196,14 +1199,14 @@ impl Projector {
 
     /// Reads, concurrently, the documents the batch will touch that are not cached, so the
     /// in-order fold below does not wait for them one by one.
-    async fn prefetch(&mut self, batch: &[Message]) -> Result<(), StoreError> {
-        let mut keys: Vec<String> = batch
+    async fn prefetch(&mut self, decoded: &[Decoded]) -> Result<(), StoreError> {
+        let mut keys: Vec<String> = decoded
             .iter()
-            .filter_map(|m| decode(m.subject.as_str(), &m.payload).ok())
+            .filter_map(|d| d.as_ref().ok())
             .filter_map(|(_, env)| {
                 self.rt
                     .view
-                    .key(&env)
+                    .key(env)
                     .map(|k| ViewRuntime::full_key(env.tenant_id.as_str(), &k))
             })
             .filter(|k| !self.cache.contains_key(k))
@@ -1247,14 +1250,19 @@ impl Projector {
     async fn process(&mut self, batch: &[Message]) -> Result<(), StoreError> {
         let mut marks = self.marks().await?;
         let marks_seen = self.marks_seen;
-        self.prefetch(batch).await?;
+        // each body is decoded once, here: the prefetch and the fold below share it
+        let decoded: Vec<Decoded> = batch
+            .iter()
+            .map(|m| decode(m.subject.as_str(), &m.payload))
+            .collect();
+        self.prefetch(&decoded).await?;
         let mut working: HashMap<String, Pending> = HashMap::new();
         let mut order: Vec<String> = Vec::new();
         let mut dispositions = Vec::with_capacity(batch.len());
         let mut counts = (0u64, 0u64, 0u64); // applied, skipped, duplicate
         let mut last_seq = 0;
         let mut last_occurred: Option<OffsetDateTime> = None;
-        for m in batch {
+        for (m, decoded) in batch.iter().zip(decoded) {
             let info = m
                 .info()
                 .map_err(|e| StoreError::new("reading message metadata", e))?;
@@ -1265,7 +1273,6 @@ impl Projector {
                 .as_ref()
                 .and_then(|h| h.get(shared::TRACEPARENT_HEADER))
                 .map(|v| v.as_str().to_owned());
-            let decoded = decode(m.subject.as_str(), &m.payload);
             let trace = trace_id(decoded.as_ref().ok().map(|(_, e)| e), header_tp.as_deref());
             let span =
                 tracing::info_span!("apply", view = %self.rt.view.name(), seq, trace_id = %trace);

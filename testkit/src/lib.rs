@@ -125,6 +125,17 @@ impl NatsServer {
 
     /// Like [`NatsServer::start`], with extra command-line arguments (e.g. `--config`).
     pub fn start_with_args(extra_args: &[&str]) -> Self {
+        Self::try_start_with_args(extra_args).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like [`NatsServer::start_with_args`], returning why the server did not start.
+    ///
+    /// # Errors
+    /// The server exited or did not report ready within 10 s (its log tail included).
+    ///
+    /// # Panics
+    /// When nats-server is missing or too old.
+    pub fn try_start_with_args(extra_args: &[&str]) -> Result<Self, String> {
         init_tracing();
         let bin = nats_server_bin();
         let version = server_version(&bin);
@@ -140,11 +151,13 @@ impl NatsServer {
             extra_args: extra_args.iter().map(|s| (*s).to_owned()).collect(),
             version,
         };
-        server.spawn(None);
-        server
+        server.try_spawn(None)?;
+        Ok(server)
     }
 
-    fn spawn(&mut self, port: Option<u16>) {
+    /// Starts the process and waits until it reports ready; on failure, the error carries the
+    /// last lines of its log (e.g. "address already in use").
+    fn try_spawn(&mut self, port: Option<u16>) -> Result<(), String> {
         let port_arg = port.map_or_else(|| "-1".to_owned(), |p| p.to_string());
         let mut child = Command::new(&self.bin)
             .args(["-js", "-a", "127.0.0.1", "-p", &port_arg, "-sd"])
@@ -157,6 +170,8 @@ impl NatsServer {
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.bin.display()));
         let stderr = child.stderr.take().expect("piped stderr");
         let (tx, rx) = mpsc::channel();
+        let tail = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let log_tail = tail.clone();
         // Reads the server log: reports the client port, then keeps draining so the pipe never
         // fills up and blocks the server.
         std::thread::spawn(move || {
@@ -165,6 +180,12 @@ impl NatsServer {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if echo {
                     eprintln!("[nats-server] {line}");
+                }
+                if let Ok(mut t) = log_tail.lock() {
+                    if t.len() >= 20 {
+                        t.remove(0);
+                    }
+                    t.push(line.clone());
                 }
                 if let Some(rest) = line.split("Listening for client connections on ").nth(1) {
                     port = rest
@@ -180,15 +201,32 @@ impl NatsServer {
         let deadline = Duration::from_secs(10);
         match rx.recv_timeout(deadline) {
             Ok(Some(p)) => self.port = p,
-            Ok(None) => panic!("nats-server became ready without a client port in its log"),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err("nats-server became ready without a client port in its log".into());
+            }
             Err(_) => {
                 let _ = child.kill();
                 let status = child.wait().ok();
-                panic!("nats-server did not become ready within {deadline:?} (exit: {status:?})");
+                // the reader thread has seen the whole log once the process is gone
+                std::thread::sleep(Duration::from_millis(50));
+                let log = tail.lock().map(|t| t.join("\n")).unwrap_or_default();
+                return Err(format!(
+                    "nats-server did not become ready within {deadline:?} (exit: {status:?}); \
+                     its log ends with:\n{log}"
+                ));
             }
         }
         self.child = Some(child);
         wait_for_port(self.port, deadline);
+        Ok(())
+    }
+
+    fn spawn(&mut self, port: Option<u16>) {
+        if let Err(e) = self.try_spawn(port) {
+            panic!("{e}");
+        }
     }
 
     /// `nats://127.0.0.1:<port>`.
@@ -257,8 +295,29 @@ pub async fn waits_until_brought_up<T: Send + 'static>(
         .expect("start-up task")
 }
 
-/// A free loopback TCP port (bound, then released; good enough for tests on one machine).
+/// A free loopback TCP port, for a port a server must be told in advance (routes, monitoring).
+///
+/// It is picked at random *below* the kernel's ephemeral range and checked by binding it: a
+/// port from the ephemeral range (what binding port 0 gives) is also what every outgoing
+/// connection of the parallel tests takes as its source port, so between this check and the
+/// server binding it, another test's client could take it. Below the range only another
+/// explicit pick can collide, and callers that start servers retry with fresh ports.
 pub fn free_port() -> u16 {
+    use std::hash::{BuildHasher, RandomState};
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (from, to) = (low.saturating_sub(12_000).max(1024), low);
+    let random = RandomState::new();
+    for attempt in 0u32..200 {
+        let span = u64::from(to.saturating_sub(from).max(1));
+        let offset = random.hash_one((attempt, std::process::id(), Instant::now())) % span;
+        let port = from + u16::try_from(offset).unwrap_or(0);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -278,6 +337,27 @@ impl NatsCluster {
     /// # Panics
     /// When a node does not start or JetStream is not healthy within 30 s.
     pub fn start() -> Self {
+        // a route or monitoring port can be taken between picking and binding it (parallel
+        // tests): such a start fails at once, and is tried again on fresh ports
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            match Self::try_start() {
+                Ok(cluster) => {
+                    for i in 0..3 {
+                        cluster.wait_healthy(i, Duration::from_secs(30));
+                    }
+                    return cluster;
+                }
+                Err(e) => failures.push(e),
+            }
+        }
+        panic!(
+            "the three-node cluster did not start in 3 attempts:\n{}",
+            failures.join("\n---\n")
+        );
+    }
+
+    fn try_start() -> Result<Self, String> {
         let route_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let monitor_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let routes = route_ports
@@ -290,7 +370,7 @@ impl NatsCluster {
                 let name = format!("n{}", i + 1);
                 let cluster = format!("nats://127.0.0.1:{}", route_ports[i]);
                 let monitor = monitor_ports[i].to_string();
-                NatsServer::start_with_args(&[
+                NatsServer::try_start_with_args(&[
                     "-n",
                     &name,
                     "--cluster_name",
@@ -303,15 +383,11 @@ impl NatsCluster {
                     &monitor,
                 ])
             })
-            .collect();
-        let cluster = NatsCluster {
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(NatsCluster {
             nodes,
             monitor_ports,
-        };
-        for i in 0..3 {
-            cluster.wait_healthy(i, Duration::from_secs(30));
-        }
-        cluster
+        })
     }
 
     /// All client URLs, comma-separated.
@@ -375,6 +451,30 @@ fn wait_for_port(port: u16, within: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_server_that_cannot_start_says_why() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = taken.local_addr().expect("addr").port().to_string();
+        let err = NatsServer::try_start_with_args(&["-m", &port])
+            .err()
+            .expect("the monitoring port is taken");
+        assert!(err.contains("did not become ready"), "{err}");
+        assert!(err.contains(&port), "the log tail names the port: {err}");
+    }
+
+    #[test]
+    fn free_ports_are_below_the_ephemeral_range_and_bindable() {
+        let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+            .unwrap_or(32768);
+        for _ in 0..20 {
+            let p = free_port();
+            assert!(p < low, "{p} is in the ephemeral range (from {low})");
+            std::net::TcpListener::bind(("127.0.0.1", p)).expect("bindable");
+        }
+    }
 
     #[test]
     fn parses_versions() {

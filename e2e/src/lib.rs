@@ -104,7 +104,27 @@ impl Stack {
 
     /// Two aggregate and `projections` (1 or 2) projection instances; the error is stack.sh's
     /// output plus the ERROR lines of the services' logs.
+    ///
+    /// A start that loses a port race (a port picked free was taken before its process bound
+    /// it: "address already in use") is tried again on fresh ports, up to three times.
     pub fn up_with(
+        topology: Topology,
+        projections: usize,
+        rust_log: Option<&str>,
+    ) -> Result<Stack, String> {
+        let mut attempt = 1;
+        loop {
+            match Stack::try_up(topology, projections, rust_log) {
+                Err(e) if attempt < 3 && e.to_lowercase().contains("address already in use") => {
+                    eprintln!("[e2e] stack start lost a port race (attempt {attempt}); retrying");
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    fn try_up(
         topology: Topology,
         projections: usize,
         rust_log: Option<&str>,

@@ -151,14 +151,22 @@ impl NatsServer {
             extra_args: extra_args.iter().map(|s| (*s).to_owned()).collect(),
             version,
         };
-        server.try_spawn(None)?;
-        Ok(server)
+        // the client port is picked below the ephemeral range (see `free_port`), so that a
+        // restart on the same port cannot find it taken as some test's outgoing source port;
+        // a pick that loses a race with another pick is retried on a fresh port
+        let mut attempt = 1;
+        loop {
+            match server.try_spawn(free_port()) {
+                Err(e) if attempt < 3 && e.contains("already in use") => attempt += 1,
+                result => return result.map(|()| server),
+            }
+        }
     }
 
     /// Starts the process and waits until it reports ready; on failure, the error carries the
     /// last lines of its log (e.g. "address already in use").
-    fn try_spawn(&mut self, port: Option<u16>) -> Result<(), String> {
-        let port_arg = port.map_or_else(|| "-1".to_owned(), |p| p.to_string());
+    fn try_spawn(&mut self, port: u16) -> Result<(), String> {
+        let port_arg = port.to_string();
         let mut child = Command::new(&self.bin)
             .args(["-js", "-a", "127.0.0.1", "-p", &port_arg, "-sd"])
             .arg(self.store.path())
@@ -223,7 +231,7 @@ impl NatsServer {
         Ok(())
     }
 
-    fn spawn(&mut self, port: Option<u16>) {
+    fn spawn(&mut self, port: u16) {
         if let Err(e) = self.try_spawn(port) {
             panic!("{e}");
         }
@@ -260,7 +268,7 @@ impl NatsServer {
     /// Starts the server again on the same port with the same store.
     pub fn restart(&mut self) {
         self.kill();
-        self.spawn(Some(self.port));
+        self.spawn(self.port);
     }
 }
 
@@ -335,7 +343,7 @@ impl NatsCluster {
     /// Starts three nodes and waits until JetStream is healthy on each (a meta leader exists).
     ///
     /// # Panics
-    /// When a node does not start or JetStream is not healthy within 30 s.
+    /// When a node does not start or JetStream is not healthy within 60 s.
     pub fn start() -> Self {
         // a route or monitoring port can be taken between picking and binding it (parallel
         // tests): such a start fails at once, and is tried again on fresh ports
@@ -343,8 +351,9 @@ impl NatsCluster {
         for _ in 0..3 {
             match Self::try_start() {
                 Ok(cluster) => {
+                    // a meta leader election takes ~2-10 s; the bound is for a loaded machine
                     for i in 0..3 {
-                        cluster.wait_healthy(i, Duration::from_secs(30));
+                        cluster.wait_healthy(i, Duration::from_secs(60));
                     }
                     return cluster;
                 }
@@ -507,7 +516,7 @@ mod tests {
         assert_eq!(cluster.urls().split(',').count(), 3);
         cluster.nodes[1].kill();
         cluster.nodes[1].restart();
-        cluster.wait_healthy(1, Duration::from_secs(30));
+        cluster.wait_healthy(1, Duration::from_secs(60));
         assert_eq!(NatsCluster::index_of("n3"), Some(2));
     }
 

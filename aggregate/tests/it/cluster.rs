@@ -80,7 +80,7 @@ async fn killing_the_stream_leader_loses_and_duplicates_nothing() {
     cluster.nodes[victim].kill();
     tokio::time::sleep(Duration::from_secs(3)).await;
     cluster.nodes[victim].restart();
-    cluster.wait_healthy(victim, Duration::from_secs(30));
+    cluster.wait_healthy(victim, Duration::from_secs(60));
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     stop.store(true, Ordering::Relaxed);
 

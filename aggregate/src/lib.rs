@@ -21,7 +21,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::Context as _;
 use axum::Router;
 use platform::auth::{AuthArgs, Authenticator};
 use platform::http::HttpSettings;
@@ -176,18 +175,16 @@ pub fn app(app: &App, auth: Authenticator, http: HttpSettings) -> Router {
 /// Runs the service until `shutdown` fires, then drains within the grace period.
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let auth = Authenticator::from_args(&config.auth)?;
-    // start-up may wait for JetStream (see `--startup-timeout-secs`); SIGTERM ends the wait
-    let app_state = tokio::select! {
-        app = start(&config, default_aggregates()) => app?,
-        () = shutdown.wait() => {
-            tracing::info!("shut down during start-up");
-            return Ok(());
-        }
+    let Some((app_state, listener)) = platform::service::start_and_bind(
+        start(&config, default_aggregates()),
+        config.http_addr,
+        &shutdown,
+    )
+    .await?
+    else {
+        return Ok(());
     };
     let router = app(&app_state, auth, config.service.http());
-    let listener = tokio::net::TcpListener::bind(config.http_addr)
-        .await
-        .with_context(|| format!("binding {}", config.http_addr))?;
     tracing::info!(addr = %listener.local_addr()?, instance = %config.service.instance(), "aggregate serving");
     serve(
         listener,

@@ -61,6 +61,29 @@ impl ServiceArgs {
     }
 }
 
+/// Waits for a service's `start` (which may wait for JetStream, see `STARTUP_TIMEOUT_SECS`)
+/// unless `shutdown` fires first, then binds `addr`. `Ok(None)`: shut down during start-up.
+///
+/// # Errors
+/// What `start` returned, or the address cannot be bound.
+pub async fn start_and_bind<T>(
+    start: impl Future<Output = anyhow::Result<T>>,
+    addr: std::net::SocketAddr,
+    shutdown: &Shutdown,
+) -> anyhow::Result<Option<(T, tokio::net::TcpListener)>> {
+    let started = tokio::select! {
+        started = start => started?,
+        () = shutdown.wait() => {
+            tracing::info!("shut down during start-up");
+            return Ok(None);
+        }
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("binding {addr}: {e}"))?;
+    Ok(Some((started, listener)))
+}
+
 /// Serves `router` until `shutdown` fires; then readiness goes false (`draining`), the
 /// listener stops accepting, and in-flight requests and `background` (e.g. consumer loops,
 /// which watch the same `shutdown`) get `grace` to finish. Flushes the NATS client last.

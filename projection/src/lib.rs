@@ -338,18 +338,16 @@ pub async fn rebuild_cli(config: &Config, view_name: &str) -> anyhow::Result<u32
 /// Runs the service until `shutdown` fires, then drains within the grace period.
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let auth = Authenticator::from_args(&config.auth)?;
-    // start-up may wait for JetStream (see `--startup-timeout-secs`); SIGTERM ends the wait
-    let app_state = tokio::select! {
-        app = start(&config, default_views()) => app?,
-        () = shutdown.wait() => {
-            tracing::info!("shut down during start-up");
-            return Ok(());
-        }
+    let Some((app_state, listener)) = platform::service::start_and_bind(
+        start(&config, default_views()),
+        config.http_addr,
+        &shutdown,
+    )
+    .await?
+    else {
+        return Ok(());
     };
     let router = app(&app_state, auth, config.service.http());
-    let listener = tokio::net::TcpListener::bind(config.http_addr)
-        .await
-        .with_context(|| format!("binding {}", config.http_addr))?;
     tracing::info!(addr = %listener.local_addr()?, instance = %config.service.instance(), "projection serving");
     serve(
         listener,

@@ -91,3 +91,20 @@ async fn start_up_gives_up_after_the_timeout_and_names_the_cause() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn sigterm_during_start_up_ends_the_wait() {
+    let mut server = NatsServer::start();
+    let config = config(&server, &["--http-addr", "127.0.0.1:0"]);
+    server.kill();
+    let shutdown = platform::shutdown::Shutdown::new();
+    let running = tokio::spawn(aggregate::run(config, shutdown.clone()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!running.is_finished(), "start-up waits for NATS");
+    shutdown.trigger();
+    tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("SIGTERM ends the start-up wait")
+        .expect("task")
+        .expect("a clean stop");
+}

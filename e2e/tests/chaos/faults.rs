@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::harness::{Scale, Stack, Topology, poll};
 use crate::invariants;
-use crate::report::{Report, ms, percentile_ms};
+use crate::report::{Report, ms};
 use crate::workload::{Client, Load, LoadSpec, Outcome, Workload};
 
 /// The common frame: a stack, opened accounts, load running. `fault` runs mid-load and
@@ -81,26 +81,8 @@ impl Run {
             "longest_ack_gap_from_fault_ms",
             out.longest_ack_gap(fault_at, ended),
         );
-        report.set(
-            "command_p50_ms",
-            percentile_ms(&out.command_latencies, 50.0),
-        );
-        report.set(
-            "command_p99_ms",
-            percentile_ms(&out.command_latencies, 99.0),
-        );
-        report.set(
-            "command_max_ms",
-            percentile_ms(&out.command_latencies, 100.0),
-        );
-        report.set(
-            "read_your_writes_p99_ms",
-            percentile_ms(&out.read_latencies, 99.0),
-        );
-        report.set(
-            "read_your_writes_max_ms",
-            percentile_ms(&out.read_latencies, 100.0),
-        );
+        report.set_percentiles("command", &out.command_latencies, &["p50", "p99", "max"]);
+        report.set_percentiles("read_your_writes", &out.read_latencies, &["p99", "max"]);
         invariants::check(&self.stack, &self.workload, &out, &mut report).await;
         if expect_503 {
             assert!(

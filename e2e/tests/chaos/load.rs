@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::harness::{Scale, Stack, Topology, env_u32};
 use crate::invariants;
-use crate::report::{Report, ms, percentile_ms};
+use crate::report::{Report, ms};
 use crate::workload::{Client, Load, LoadSpec, Outcome, Workload};
 
 /// RSS growth bound per service process over the load: both must hold.
@@ -61,22 +61,8 @@ async fn load_through_the_gateway() {
         (acked as f64 / elapsed.as_secs_f64()).round(),
     );
     report.set("read_your_writes_queries", out.read_latencies.len());
-    report.set(
-        "command_p50_ms",
-        percentile_ms(&out.command_latencies, 50.0),
-    );
-    report.set(
-        "command_p99_ms",
-        percentile_ms(&out.command_latencies, 99.0),
-    );
-    report.set(
-        "read_your_writes_p50_ms",
-        percentile_ms(&out.read_latencies, 50.0),
-    );
-    report.set(
-        "read_your_writes_p99_ms",
-        percentile_ms(&out.read_latencies, 99.0),
-    );
+    report.set_percentiles("command", &out.command_latencies, &["p50", "p99"]);
+    report.set_percentiles("read_your_writes", &out.read_latencies, &["p50", "p99"]);
     let mut rss_violations = Vec::new();
     for ((name, before), after) in names.iter().zip(&rss_before).zip(&rss_after) {
         report.set(&format!("rss_kib_before_{name}"), *before);

@@ -24,6 +24,21 @@ impl Report {
         self.fields.insert(key.to_owned(), value.into());
     }
 
+    /// `<name>_p50_ms`, `<name>_p99_ms`, `<name>_max_ms`... for each of `which` ("p50", "p99",
+    /// "max").
+    pub(crate) fn set_percentiles(&mut self, name: &str, samples: &[Duration], which: &[&str]) {
+        for w in which {
+            let p = match *w {
+                "max" => 100.0,
+                other => other
+                    .strip_prefix('p')
+                    .and_then(|n| n.parse::<f64>().ok())
+                    .unwrap_or_else(|| panic!("not a percentile: {other}")),
+            };
+            self.set(&format!("{name}_{w}_ms"), percentile_ms(samples, p));
+        }
+    }
+
     pub(crate) fn set_ms(&mut self, key: &str, d: Duration) {
         self.set(key, ms(d));
     }

@@ -44,9 +44,11 @@ test:
     cargo nextest run --workspace --all-features --profile {{nextest_profile}} --no-tests=fail
     cargo test --workspace --all-features --doc
 
-# dependency policy: advisories, bans, licenses, sources
+# dependency policy: advisories, bans, licenses, sources. cargo-deny reads the metadata of every
+# platform's crates, a build fetches only the host's: `cargo fetch` (all targets) brings the rest
 [group('gate')]
 deny:
+    cargo fetch --locked --quiet
     cargo deny {{deny_offline}} check
 
 # benchmarks against raw JetStream in the same run (`just bench --quick` for a smoke run)

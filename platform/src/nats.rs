@@ -272,7 +272,8 @@ pub fn incompatibilities(spec: &StreamSpec, found: &stream::Config) -> Vec<Strin
 
 /// Makes sure the events stream exists and is compatible: creates it from the shared
 /// definition when missing, accepts it when compatible, and refuses (never rewrites) it
-/// otherwise. Returns whether the stream allows atomic batch publish.
+/// otherwise. Returns the stream's info (its configuration says, e.g., whether atomic batch
+/// publish is allowed).
 pub async fn ensure_stream(
     js: &jetstream::Context,
     spec: &StreamSpec,

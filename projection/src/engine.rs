@@ -1054,8 +1054,8 @@ impl Projector {
         }
     }
 
-    /// Writes a parked record and marks its aggregate. Returns whether the aggregate is parked
-    /// (false only when a concurrent retry cleared the mark: then the caller applies normally).
+    /// Writes a parked record and marks its aggregate (adding the mark, with its revision, to
+    /// `marks`). A message without an aggregate address is parked without a mark.
     async fn park(
         &self,
         m: &Message,

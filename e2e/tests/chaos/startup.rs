@@ -3,9 +3,10 @@
 
 use crate::harness::{Stack, Topology};
 
-/// Fails today: on a fresh cluster the second projection instance finds the R3 bucket
-/// `PROJECTION_GENERATIONS` the first one just created, reads it at once, gets `503 no
-/// responders` (no replica serves direct gets yet) and exits (see RELIABILITY.md, "Bugs").
+/// Regression test of bug 1 (RELIABILITY.md, "Bugs found, and fixed"): on a fresh cluster the
+/// second projection instance found the R3 bucket `PROJECTION_GENERATIONS` the first one had
+/// just created, read it at once, got `503 no responders` (no replica served direct gets yet)
+/// and exited. Every bucket is now probed until it answers before it is used.
 #[test]
 fn a_fresh_cluster_starts_two_projection_instances() {
     let stack =

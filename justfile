@@ -16,7 +16,7 @@ default:
 
 # the gate: formatting, lints, tests, dependency policy
 [group('gate')]
-verify: fmt-check clippy test deny
+verify: fmt-check clippy test deny unused-deps
 
 # the gate exactly as CI runs it
 [group('gate')]
@@ -50,6 +50,11 @@ test:
 deny:
     cargo fetch --locked --quiet
     cargo deny {{deny_offline}} check
+
+# no unused dependency: cargo machete per member, and no unused [workspace.dependencies] entry
+[group('gate')]
+unused-deps:
+    scripts/check-unused-deps.sh
 
 # benchmarks against raw JetStream in the same run (`just bench --quick` for a smoke run)
 [group('bench')]

@@ -61,6 +61,13 @@
       inherit src pname version advisory-db;
     };
 
+    # scripts/check-unused-deps.sh: cargo machete, and no unused [workspace.dependencies] entry
+    unused-deps = pkgs.runCommand "nats-es-unused-deps" {nativeBuildInputs = [pkgs.cargo-machete];} ''
+      cd ${src}
+      bash scripts/check-unused-deps.sh
+      touch $out
+    '';
+
     # the Nix files themselves: no dead code, formatted
     deadnix = pkgs.runCommand "nats-es-deadnix" {nativeBuildInputs = [pkgs.deadnix];} ''
       cd ${nixFiles}

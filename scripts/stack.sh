@@ -173,6 +173,14 @@ stop_one() {
 # checks
 
 # Something accepts TCP connections on 127.0.0.1:port.
+# the nats-server `nix develop` started (scripts/devshell-nats.sh) is alive and serves NATS_PORT
+devshell_nats_running() {
+  local f=$STACK_DIR/devshell/nats.pid pid
+  [[ -s $f ]] || return 1
+  pid=$(head -n1 "$f")
+  [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null && port_busy "$NATS_PORT"
+}
+
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 http_code() { curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$1" 2>/dev/null || true; }
@@ -267,7 +275,12 @@ cmd_up() {
   local p name all_ports=() seen=" " nginx nats agg_bin proj_bin="" secret nats_ports
 
   case $CLUSTER in
-    0 | "") CLUSTER=0; nats_ports="$NATS_PORT $NATS_MONITOR_PORT" ;;
+    0 | "")
+      CLUSTER=0
+      nats_ports="$NATS_PORT $NATS_MONITOR_PORT"
+      # `nix develop` may already run a nats-server on this store (scripts/devshell-nats.sh)
+      if devshell_nats_running; then nats_ports=""; fi
+      ;;
     1)
       local n_list
       for n_list in NATS_PORTS NATS_MONITOR_PORTS NATS_CLUSTER_PORTS; do
@@ -340,6 +353,9 @@ cmd_up() {
     start_nats_cluster "$nats"
     nats_url=$CLUSTER_URLS
     replicas=(STREAM_REPLICAS="$STREAM_REPLICAS")
+  elif devshell_nats_running; then
+    say "using the devshell's nats-server on 127.0.0.1:$NATS_PORT (data in $STACK_DIR/nats; it stops with the last devshell)"
+    nats_url=nats://127.0.0.1:$NATS_PORT
   else
     mkdir -p "$STACK_DIR/nats"
     say "starting nats-server on 127.0.0.1:$NATS_PORT (JetStream, data in $STACK_DIR/nats)"

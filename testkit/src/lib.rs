@@ -303,6 +303,28 @@ pub async fn waits_until_brought_up<T: Send + 'static>(
         .expect("start-up task")
 }
 
+/// Polls `check` every 20 ms until it returns `Ok`, and returns that value.
+///
+/// # Panics
+/// After `within`, naming `what` and the last `Err` seen (the observed state, so a failure
+/// says what was there instead of only that time ran out).
+pub fn wait_for<T, E: std::fmt::Debug>(
+    what: &str,
+    within: Duration,
+    mut check: impl FnMut() -> Result<T, E>,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        match check() {
+            Ok(value) => return value,
+            Err(last) if Instant::now() >= deadline => {
+                panic!("{what}: not within {within:?}; last observed: {last:?}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
 /// A free loopback TCP port, for a port a server must be told in advance (routes, monitoring).
 ///
 /// It is picked at random *below* the kernel's ephemeral range and checked by binding it: a

@@ -2,5 +2,6 @@
 //! driven only through the gateway with an HTTP client.
 
 mod binaries;
+mod devshell;
 mod stack;
 mod support;

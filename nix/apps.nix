@@ -19,6 +19,7 @@
     cp ${../scripts/stack.sh} $out/share/nats-es/scripts/stack.sh
     cp ${../scripts/token.py} $out/share/nats-es/scripts/token.py
     cp ${../gateway/nginx.conf.template} $out/share/nats-es/gateway/nginx.conf.template
+    cp ${../gateway/headers.conf} $out/share/nats-es/gateway/headers.conf
     chmod +x $out/share/nats-es/scripts/stack.sh
   '';
 

@@ -35,7 +35,10 @@
         cargoNextestExtraArgs = "--profile ci --no-tests=fail";
         # the tests start real servers and, end to end, the stack script (bash, ps, curl,
         # python3 for tokens) with nginx in front
-        nativeBuildInputs = [pkgs.nats-server pkgs.nginx pkgs.procps pkgs.curl pkgs.python3];
+        # (and, for the browser tests, headless Chromium over WebDriver: Linux only in nixpkgs)
+        nativeBuildInputs =
+          [pkgs.nats-server pkgs.nginx pkgs.procps pkgs.curl pkgs.python3]
+          ++ lib.optionals pkgs.stdenv.isLinux [pkgs.chromium pkgs.chromedriver];
       }
       // lib.optionalAttrs pkgs.stdenv.isDarwin {
         __darwinAllowLocalNetworking = true;

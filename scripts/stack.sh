@@ -26,6 +26,8 @@
 #     NATS_CLUSTER_PORTS ["6222 6223 6224", the route ports]  STREAM_REPLICAS [3]
 #     (NATS_PORT and NATS_MONITOR_PORT are then not used)
 #   AUTH_JWT_SECRET [a fixed development secret]  NATS_SERVER_BIN, NGINX_BIN  binaries to use
+#   CORS_ALLOWED_ORIGINS [empty = CORS off] origins (scheme://host[:port], comma or space
+#     separated) whose browser pages may call the API through the gateway
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -332,11 +334,21 @@ cmd_up() {
   for p in $PROJECTION_PORTS; do proj_servers+="        server 127.0.0.1:$p max_fails=1 fail_timeout=5s;"$'\n'; done
   # no projection running: an upstream needs a server; a `down` one makes nginx answer 502
   [[ -n $proj_servers ]] || proj_servers="        server 127.0.0.1:9 down; # PROJECTION_PORTS is empty"$'\n'
+  local cors_origins="" origin origins=()
+  IFS=$', \t' read -r -a origins <<<"${CORS_ALLOWED_ORIGINS:-}"
+  for origin in "${origins[@]}"; do
+    [[ $origin =~ ^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$ ]] ||
+      die "CORS_ALLOWED_ORIGINS: '$origin' is not an origin (scheme://host[:port], no path, no wildcard)"
+    cors_origins+="        \"$origin\" \$http_origin;"$'\n'
+  done
+  [[ -n $cors_origins ]] || cors_origins="        # CORS_ALLOWED_ORIGINS is empty: CORS is off"$'\n'
   conf=$(<"$ROOT/gateway/nginx.conf.template")
+  conf=${conf//@CORS_ORIGINS@/"${cors_origins%$'\n'}"}
   conf=${conf//@GATEWAY_PORT@/"$GATEWAY_PORT"}
   conf=${conf//@AGGREGATE_SERVERS@/"${agg_servers%$'\n'}"}
   conf=${conf//@PROJECTION_SERVERS@/"${proj_servers%$'\n'}"}
   printf '%s\n' "$conf" >"$STACK_DIR/gateway/nginx.conf"
+  cp "$ROOT/gateway/headers.conf" "$STACK_DIR/gateway/headers.conf"
   local nginx_args=(-p "$STACK_DIR/" -c "$STACK_DIR/gateway/nginx.conf")
   if ! "$nginx" -t -q "${nginx_args[@]}" -e /dev/null 2>"$STACK_DIR/gateway/nginx-t.out"; then
     sed 's/^/    /' "$STACK_DIR/gateway/nginx-t.out" >&2

@@ -112,9 +112,20 @@ impl Stack {
         projections: usize,
         rust_log: Option<&str>,
     ) -> Result<Stack, String> {
+        Stack::up_with_env(topology, projections, rust_log, &[])
+    }
+
+    /// [`Stack::up_with`], with more environment for `scripts/stack.sh` (e.g.
+    /// `CORS_ALLOWED_ORIGINS`).
+    pub fn up_with_env(
+        topology: Topology,
+        projections: usize,
+        rust_log: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Result<Stack, String> {
         let mut attempt = 1;
         loop {
-            match Stack::try_up(topology, projections, rust_log) {
+            match Stack::try_up(topology, projections, rust_log, env) {
                 Err(e) if attempt < 3 && e.to_lowercase().contains("address already in use") => {
                     eprintln!("[e2e] stack start lost a port race (attempt {attempt}); retrying");
                     attempt += 1;
@@ -128,6 +139,7 @@ impl Stack {
         topology: Topology,
         projections: usize,
         rust_log: Option<&str>,
+        env: &[(&str, &str)],
     ) -> Result<Stack, String> {
         testkit::nats_server_bin(); // fail early, with install advice, when it is missing
         let (agg, proj) = binaries();
@@ -185,6 +197,7 @@ impl Stack {
         if let Some(filter) = rust_log {
             cmd.env("RUST_LOG", filter);
         }
+        cmd.envs(env.iter().copied());
         let out = cmd.output().expect("run scripts/stack.sh");
         let url = |p: u16| format!("http://127.0.0.1:{p}");
         let mut services = vec![

@@ -5,6 +5,7 @@
 //! store) on drop. There is no mock: a test that needs NATS and cannot find the binary fails with
 //! a message saying how to install it.
 
+pub mod browser;
 pub mod operator;
 
 use std::io::{BufRead, BufReader};

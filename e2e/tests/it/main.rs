@@ -2,6 +2,7 @@
 //! driven only through the gateway with an HTTP client.
 
 mod binaries;
+mod cors;
 mod devshell;
 mod stack;
 mod support;

@@ -56,6 +56,11 @@ deny:
 unused-deps:
     scripts/check-unused-deps.sh
 
+# write nix/gate.json, the gate as the flake's checks run it (after changing `verify` or a step)
+[group('gate')]
+gate-json:
+    scripts/gate-json.sh --write
+
 # benchmarks against raw JetStream in the same run (`just bench --quick` for a smoke run)
 [group('bench')]
 bench *args:

@@ -1,75 +1,92 @@
-# `nix flake check`: the gate of `just verify` (see gate.txt), plus the Nix files' own hygiene.
+# `nix flake check`: the gate of `just verify`, written once. The justfile is the source:
+# scripts/gate-json.sh turns its `verify` recipe into nix/gate.json (each step and the commands it
+# runs, as CI runs them), and every step becomes one check here that runs exactly those commands
+# on one shared build of the dependencies. The gate checks that nix/gate.json is current
+# (`scripts/gate-json.sh --check`, in nix/hygiene.sh), so the flake and `just verify` cannot
+# drift apart. Both build in the dev profile, as `just verify` does.
+#
+# The house style's separate cargoAudit/cargoDeny pair is not used: `cargo deny check` (the gate's
+# own command) covers advisories too, against the pinned advisory-db input, and running the
+# justfile's commands verbatim is what keeps the two gates equal.
+#
+# Beyond the gate, `nix flake check` also runs `doc` (rustdoc warnings are errors) and the Nix
+# files' own hygiene (`deadnix`, `alejandra`).
 {
   pkgs,
   common,
   advisory-db,
 }: let
   inherit (pkgs) lib;
-  inherit (common) craneLib src pname version commonArgs cargoArtifacts;
+  inherit (common) craneLib commonArgs;
 
-  withArtifacts = commonArgs // {inherit cargoArtifacts;};
+  gate = builtins.fromJSON (builtins.readFile ./gate.json);
+
+  # the gate's cargo commands build in the dev profile: so do their dependencies
+  devArgs = commonArgs // {CARGO_PROFILE = "dev";};
+  cargoArtifacts = craneLib.buildDepsOnly devArgs;
+
+  # every tool a step of the gate calls; the tests start real servers (nats-server, nginx), the
+  # end-to-end ones the stack script (bash, ps, curl, python3 for tokens) and, on Linux,
+  # headless Chromium over WebDriver
+  tools =
+    [
+      craneLib.clippy
+      craneLib.rustfmt
+      pkgs.cargo-nextest
+      pkgs.cargo-deny
+      pkgs.cargo-machete
+      pkgs.git
+      pkgs.nats-server
+      pkgs.nginx
+      pkgs.procps
+      pkgs.curl
+      pkgs.python3
+    ]
+    ++ lib.optionals pkgs.stdenv.isLinux [pkgs.chromium pkgs.chromedriver];
+
+  # `cargo deny --offline` reads the advisory database where cargo-deny keeps it by default (as
+  # ../shared/tools/install-advisory-db installs it for CI): the pinned advisory-db input
+  advisoryDb = ''
+    db=$CARGO_HOME/advisory-dbs/advisory-db-3157b0e258782691
+    mkdir -p "$db"
+    cp -r ${advisory-db}/. "$db"
+    chmod -R u+w "$db"
+    git -C "$db" init -q
+    git -C "$db" add -A
+    git -C "$db" -c user.name=nix -c user.email=nix@localhost commit -q -m advisory-db
+  '';
+
+  step = s:
+    craneLib.mkCargoDerivation (devArgs
+      // {
+        inherit cargoArtifacts;
+        pnameSuffix = "-${s.name}";
+        nativeBuildInputs = tools;
+        env.CI = "true";
+        preBuild = lib.optionalString (lib.any (lib.hasInfix "cargo deny") s.commands) advisoryDb;
+        buildPhaseCargoCommand = lib.concatStringsSep "\n" s.commands;
+        doInstallCargoArtifacts = false;
+      }
+      // lib.optionalAttrs pkgs.stdenv.isDarwin {
+        __darwinAllowLocalNetworking = true;
+      });
+
+  gateChecks = lib.listToAttrs (map (s: lib.nameValuePair s.name (step s)) gate.steps);
 
   # every .nix file of the repository, for the hygiene checks
   nixFiles = lib.fileset.toSource {
     root = ../.;
     fileset = lib.fileset.fileFilter (file: file.hasExt "nix") ../.;
   };
-
-  checks = {
-    # cargo fmt --all --check
-    fmt = craneLib.cargoFmt {
-      inherit src pname version;
-      cargoExtraArgs = "--all";
-    };
-
-    # cargo clippy --workspace --all-targets --all-features -- -D warnings
-    clippy = craneLib.cargoClippy (withArtifacts
-      // {
-        cargoClippyExtraArgs = "--all-targets -- --deny warnings";
-      });
-
-    # cargo nextest run --workspace --all-features --profile ci --no-tests=fail
-    # The integration tests start a real nats-server (and nginx) on the loopback interface.
-    nextest = craneLib.cargoNextest (withArtifacts
-      // {
-        cargoNextestExtraArgs = "--profile ci --no-tests=fail";
-        # the tests start real servers and, end to end, the stack script (bash, ps, curl,
-        # python3 for tokens) with nginx in front
-        # (and, for the browser tests, headless Chromium over WebDriver: Linux only in nixpkgs)
-        nativeBuildInputs =
-          [pkgs.nats-server pkgs.nginx pkgs.procps pkgs.curl pkgs.python3]
-          ++ lib.optionals pkgs.stdenv.isLinux [pkgs.chromium pkgs.chromedriver];
-      }
-      // lib.optionalAttrs pkgs.stdenv.isDarwin {
-        __darwinAllowLocalNetworking = true;
-      });
-
-    # cargo test --workspace --all-features --doc
-    doctest = craneLib.cargoDocTest withArtifacts;
-
+in
+  gateChecks
+  // {
     # cargo doc --workspace --all-features --no-deps, rustdoc warnings are errors
-    doc = craneLib.cargoDoc (withArtifacts
+    doc = craneLib.cargoDoc (devArgs
       // {
+        inherit cargoArtifacts;
         env.RUSTDOCFLAGS = "--deny warnings";
       });
-
-    # cargo deny check bans licenses sources (advisories need the network: see `audit`)
-    deny = craneLib.cargoDeny {
-      inherit src pname version;
-      cargoDenyChecks = "bans licenses sources";
-    };
-
-    # the advisories part of `cargo deny check`, against the pinned advisory-db input
-    audit = craneLib.cargoAudit {
-      inherit src pname version advisory-db;
-    };
-
-    # scripts/check-unused-deps.sh: cargo machete, and no unused [workspace.dependencies] entry
-    unused-deps = pkgs.runCommand "nats-es-unused-deps" {nativeBuildInputs = [pkgs.cargo-machete];} ''
-      cd ${src}
-      bash scripts/check-unused-deps.sh
-      touch $out
-    '';
 
     # the Nix files themselves: no dead code, formatted
     deadnix = pkgs.runCommand "nats-es-deadnix" {nativeBuildInputs = [pkgs.deadnix];} ''
@@ -82,35 +99,4 @@
       alejandra --check .
       touch $out
     '';
-  };
-
-  # gate.txt: `key = check check ...` lines; `#` starts a comment.
-  gateLines = lib.filter (line: line != "") (map (
-    line: lib.trim (lib.head (lib.splitString "#" line))
-  ) (lib.splitString "\n" (builtins.readFile ./gate.txt)));
-  gateEntry = line: let
-    parts = lib.splitString "=" line;
-  in
-    if lib.length parts != 2
-    then throw "nix/gate.txt: expected `step = check ...`, got: ${line}"
-    else lib.filter (word: word != "") (lib.splitString " " (lib.elemAt parts 1));
-  gateNames = lib.concatMap gateEntry gateLines;
-
-  expected = lib.sort lib.lessThan gateNames;
-  actual = lib.attrNames checks;
-  missing = lib.subtractLists actual expected;
-  extra = lib.subtractLists expected actual;
-  show = names:
-    if names == []
-    then "(none)"
-    else toString names;
-in
-  if lib.unique expected != expected
-  then throw "nix/gate.txt names a check more than once: ${toString expected}"
-  else if actual != expected
-  then
-    throw ''
-      nix/checks.nix and nix/gate.txt disagree about the gate.
-        in gate.txt but not a check: ${show missing}
-        a check but not in gate.txt: ${show extra}''
-  else checks
+  }

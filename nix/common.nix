@@ -25,7 +25,6 @@
         (lib.fileset.fileFilter (file: file.hasExt "json") ../shared/tests/fixtures)
         ../.config/nextest.toml
         ../deny.toml
-        ../.cargo/audit.toml
         # the end-to-end tests start the stack through these
         ../scripts
         ../gateway

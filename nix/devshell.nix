@@ -17,7 +17,7 @@
   };
 in
   common.craneLib.devShell {
-    # the inputs of every check (cargo-nextest, cargo-deny, cargo-audit, nats-server, nginx, ...)
+    # the inputs of every check (cargo-nextest, cargo-deny, cargo-machete, nats-server, nginx, ...)
     inherit checks;
 
     packages = [

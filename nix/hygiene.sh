@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # Lint the flake's Nix files without Nix evaluation (CI has no crane/rust-overlay/nixpkgs to
 # evaluate against): every .nix file parses, deadnix finds no dead code, alejandra finds nothing
-# to reformat, and nix/gate.txt matches the justfile's `verify` recipe.
+# to reformat, and nix/gate.json (the gate as the flake's checks run it) is what the justfile's
+# `verify` recipe says (scripts/gate-json.sh --check).
 #
 #   nix/hygiene.sh        (idempotent; installs what is missing on first run; exit 1 on any failure)
 #
-# Installs when missing: nix-instantiate (Debian nix-bin, as root), deadnix (cargo install).
+# Installs when missing: nix-instantiate (Debian nix-bin, as root), deadnix (cargo install),
+# just (pip: rust-just).
 # alejandra's command-line tool is not on crates.io: when no `alejandra` is on PATH, a small
 # checker built on the alejandra library crate (same formatter) is built once into the cache.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-export PATH="$HOME/.cargo/bin:$PATH"
+export PATH="$HOME/.local/bin:$HOME/.cargo/bin:$PATH"
 cache=${XDG_CACHE_HOME:-$HOME/.cache}/nats-es-hygiene
 
 say() { printf '\033[1m[hygiene]\033[0m %s\n' "$*" >&2; }
@@ -36,6 +38,11 @@ if ! have nix-instantiate; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get install -y -q --no-install-recommends nix-bin >/dev/null 2>&1 ||
     { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends nix-bin >/dev/null; }
+fi
+if ! have just; then
+  say "installing just (pip: rust-just)"
+  python3 -m pip install --quiet --disable-pip-version-check rust-just 2>&1 | grep -v 'Running pip as the' || true
+  have pyenv && pyenv rehash || true
 fi
 if ! have deadnix; then
   say "installing deadnix (cargo install, about a minute)"
@@ -114,7 +121,7 @@ parse_all() {
 step "nix-instantiate --parse" parse_all
 step "deadnix --fail" deadnix --fail "${files[@]}"
 step "alejandra --check" fmt_check "${files[@]}"
-step "gate parity" nix/check-gate-parity.sh
+step "gate data (nix/gate.json)" scripts/gate-json.sh --check
 
 if [ "${#failed[@]}" -gt 0 ]; then
   say "FAILED: ${failed[*]}"

@@ -91,7 +91,24 @@ pub enum CommandError {
     Append(#[from] AppendError),
     /// The idempotency store failed.
     #[error("idempotency store: {0}")]
-    Idempotency(String),
+    Idempotency(#[from] IdempotencyError),
+}
+
+/// How the idempotency bucket failed, with the client's typed error as the source.
+#[derive(Debug, thiserror::Error)]
+pub enum IdempotencyError {
+    /// Creating the command's record.
+    #[error("creating the command's record: {0}")]
+    Create(#[source] kv::CreateError),
+    /// Reading an existing record.
+    #[error("reading the command's record: {0}")]
+    Get(#[source] kv::EntryError),
+    /// A record that is not valid JSON of its type.
+    #[error("the command's record does not decode: {0}")]
+    Codec(#[source] serde_json::Error),
+    /// The record was created and removed again (expiry, purge) several times in a row.
+    #[error("the record of {0} keeps appearing and disappearing")]
+    Churn(String),
 }
 
 /// A loaded aggregate.
@@ -419,37 +436,45 @@ impl Runtime {
     }
 
     /// Reserves a command id (creates its record without an outcome), or reports what an
-    /// existing record says.
+    /// existing record says. The create and a read of the key go out together, so an existing
+    /// key costs one round trip too (the create's answer is authoritative: a read racing it is
+    /// only used when the create found the key taken).
     async fn reserve(&self, key: &str, request_hash: &str) -> Result<Reservation, CommandError> {
-        let idem = |e: &dyn std::fmt::Display| CommandError::Idempotency(e.to_string());
         let pending = serde_json::to_vec(&CommandRecord {
             request_hash: request_hash.to_owned(),
             outcome: None,
         })
-        .map_err(|e| idem(&e))?;
+        .map_err(IdempotencyError::Codec)?;
         for _ in 0..3 {
-            match self.commands.create(key, pending.clone().into()).await {
+            let (created, existing) = tokio::join!(
+                self.commands.create(key, pending.clone().into()),
+                self.commands.get(key)
+            );
+            match created {
                 Ok(_) => return Ok(Reservation::Created),
                 Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
-                Err(e) => return Err(idem(&e)),
+                Err(e) => return Err(IdempotencyError::Create(e).into()),
             }
-            match self.commands.get(key).await {
-                Ok(Some(bytes)) => {
-                    let record: CommandRecord =
-                        serde_json::from_slice(&bytes).map_err(|e| idem(&e))?;
-                    return Ok(match record.outcome {
-                        Some(outcome) => Reservation::Done(record.request_hash, outcome),
-                        None => Reservation::Pending(record.request_hash),
-                    });
-                }
-                // expired or purged in between: create again
-                Ok(None) => {}
-                Err(e) => return Err(idem(&e)),
+            let existing = match existing.map_err(IdempotencyError::Get)? {
+                Some(bytes) => Some(bytes),
+                // the read overtook the record's creation by another instance: read again
+                None => self
+                    .commands
+                    .get(key)
+                    .await
+                    .map_err(IdempotencyError::Get)?,
+            };
+            if let Some(bytes) = existing {
+                let record: CommandRecord =
+                    serde_json::from_slice(&bytes).map_err(IdempotencyError::Codec)?;
+                return Ok(match record.outcome {
+                    Some(outcome) => Reservation::Done(record.request_hash, outcome),
+                    None => Reservation::Pending(record.request_hash),
+                });
             }
+            // expired or purged in between: create again
         }
-        Err(CommandError::Idempotency(format!(
-            "the record of {key} keeps appearing and disappearing"
-        )))
+        Err(IdempotencyError::Churn(key.to_owned()).into())
     }
 
     /// Completes the command's record with its outcome, in the background: the command is in

@@ -88,9 +88,43 @@ pub enum LoadError {
         /// What is wrong.
         reason: String,
     },
-    /// NATS failed.
+    /// NATS failed; the source says how.
     #[error("reading events failed: {0}")]
-    Nats(String),
+    Nats(#[from] ReadFailure),
+}
+
+/// How talking to NATS failed during a read, with the client's typed error as the source.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadFailure {
+    /// Subscribing to the reply inbox of a direct get.
+    #[error("subscribing to the reply inbox: {0}")]
+    Subscribe(#[source] async_nats::SubscribeError),
+    /// Sending the direct get request.
+    #[error("sending the direct get request: {0}")]
+    Request(#[source] async_nats::PublishError),
+    /// The reply subscription ended (the connection is closing).
+    #[error("the reply subscription closed")]
+    SubscriptionClosed,
+    /// The server answered a direct get with an unexpected status.
+    #[error("direct get answered {status} {description}")]
+    DirectGetStatus {
+        /// The status code.
+        status: u16,
+        /// The server's description.
+        description: String,
+    },
+    /// A direct get reply without a (numeric) `Nats-Sequence` header.
+    #[error("direct get reply without a valid Nats-Sequence header")]
+    MissingSequence,
+    /// Creating the ephemeral fetch consumer.
+    #[error("creating the fetch consumer: {0}")]
+    CreateConsumer(#[source] jetstream::stream::ConsumerCreateStrictError),
+    /// Starting a fetch.
+    #[error("fetching from the consumer: {0}")]
+    Fetch(#[source] jetstream::consumer::pull::BatchError),
+    /// Receiving a fetched message, or reading its JetStream metadata.
+    #[error("receiving a fetched message: {0}")]
+    Receive(#[source] async_nats::Error),
 }
 
 /// Why an append failed.
@@ -107,9 +141,39 @@ pub enum AppendError {
     /// An event is larger than the server's `max_payload`; retrying cannot help.
     #[error("an event of this command exceeds the NATS server's max_payload")]
     TooLarge,
+    /// An event could not be encoded as JSON; nothing was sent.
+    #[error("encoding an event failed: {0}")]
+    Encode(#[source] serde_json::Error),
     /// NATS failed or timed out; the outcome is unknown (a retry with the same command id is safe).
     #[error("append failed: {0}")]
-    Nats(String),
+    Nats(#[from] PublishFailure),
+}
+
+/// How a publish failed, with the client's typed error as the source.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishFailure {
+    /// A JetStream publish (acknowledged): its kind says why (`TimedOut`, `BrokenPipe`, ...).
+    #[error("{0}")]
+    JetStream(#[source] jetstream::context::PublishError),
+    /// A core publish of a non-final message of an atomic batch.
+    #[error("{0}")]
+    Core(#[source] async_nats::PublishError),
+}
+
+/// Whether a JetStream publish error says the expected last sequence did not hold, by kind or
+/// by the server's error code (10071; 10164 is the same check reported for an atomic batch,
+/// which the client maps to `Other`).
+fn is_wrong_last_sequence(e: &jetstream::context::PublishError) -> bool {
+    e.kind() == PublishErrorKind::WrongLastSequence
+        || std::error::Error::source(e)
+            .and_then(|s| s.downcast_ref::<jetstream::Error>())
+            .is_some_and(|api| {
+                matches!(
+                    api.error_code(),
+                    jetstream::ErrorCode::STREAM_WRONG_LAST_SEQUENCE
+                        | jetstream::ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT
+                )
+            })
 }
 
 /// The event store on one JetStream context.
@@ -220,7 +284,7 @@ impl EventStore {
             .client
             .subscribe(inbox.clone())
             .await
-            .map_err(|e| LoadError::Nats(e.to_string()))?;
+            .map_err(ReadFailure::Subscribe)?;
         let request = serde_json::json!({
             "seq": from_seq,
             "next_by_subj": subject,
@@ -233,12 +297,12 @@ impl EventStore {
                 Bytes::from(request.to_string()),
             )
             .await
-            .map_err(|e| LoadError::Nats(e.to_string()))?;
+            .map_err(ReadFailure::Request)?;
         let mut previous = previous_version(out, from_seq);
         loop {
             let msg = match tokio::time::timeout(self.settings.idle_timeout, sub.next()).await {
                 Ok(Some(m)) => m,
-                Ok(None) => return Err(LoadError::Nats("subscription closed".into())),
+                Ok(None) => return Err(ReadFailure::SubscriptionClosed.into()),
                 Err(_) => {
                     return Err(LoadError::Timeout {
                         address: address.to_string(),
@@ -265,15 +329,16 @@ impl EventStore {
                         elapsed: self.settings.idle_timeout,
                         read: out.len(),
                     }),
-                    other => Err(LoadError::Nats(format!(
-                        "direct get answered {other} {}",
-                        msg.description.as_deref().unwrap_or("")
-                    ))),
+                    other => Err(ReadFailure::DirectGetStatus {
+                        status: other,
+                        description: msg.description.clone().unwrap_or_default(),
+                    }
+                    .into()),
                 };
             }
             let seq: u64 = header("Nats-Sequence")
                 .and_then(|v| v.parse().ok())
-                .ok_or_else(|| LoadError::Nats("direct get reply without Nats-Sequence".into()))?;
+                .ok_or(ReadFailure::MissingSequence)?;
             let stored_subject = header("Nats-Subject").unwrap_or_default();
             let event = decode(address, &stored_subject, seq, &msg.payload, previous)?;
             previous = Some(event.version.get());
@@ -289,7 +354,6 @@ impl EventStore {
         from_seq: u64,
         out: &mut Vec<Stored>,
     ) -> Result<(), LoadError> {
-        let nats = |e: &dyn std::fmt::Display| LoadError::Nats(e.to_string());
         let name = shared::ephemeral_fetch_consumer_name(address);
         let config = consumer::pull::Config {
             name: Some(name.clone()),
@@ -312,7 +376,7 @@ impl EventStore {
             .js
             .create_consumer_strict_on_stream(config, STREAM_NAME)
             .await
-            .map_err(|e| nats(&e))?;
+            .map_err(ReadFailure::CreateConsumer)?;
         // from here on the consumer is deleted whatever happens, drop included
         let _guard = DeleteOnDrop {
             js: self.js.clone(),
@@ -328,11 +392,11 @@ impl EventStore {
                 .expires(self.settings.idle_timeout)
                 .messages()
                 .await
-                .map_err(|e| nats(&e))?;
+                .map_err(ReadFailure::Fetch)?;
             let mut got = 0usize;
             while let Some(msg) = messages.next().await {
-                let msg = msg.map_err(|e| nats(&e))?;
-                let info = msg.info().map_err(|e| nats(&e))?;
+                let msg = msg.map_err(ReadFailure::Receive)?;
+                let info = msg.info().map_err(ReadFailure::Receive)?;
                 let seq = info.stream_sequence;
                 let event = decode(address, msg.subject.as_str(), seq, &msg.payload, previous)?;
                 previous = Some(event.version.get());
@@ -377,13 +441,8 @@ impl EventStore {
             {
                 h.insert(shared::TRACEPARENT_HEADER, tp.as_str());
             }
-            let body = serde_json::to_vec(event).map_err(|e| AppendError::Nats(e.to_string()))?;
+            let body = serde_json::to_vec(event).map_err(AppendError::Encode)?;
             Ok((h, Bytes::from(body)))
-        };
-        let publish_err = |e: jetstream::context::PublishError| match e.kind() {
-            PublishErrorKind::WrongLastSequence => AppendError::Conflict,
-            PublishErrorKind::MaxPayloadExceeded => AppendError::TooLarge,
-            _ => AppendError::Nats(e.to_string()),
         };
         match events {
             [] => Ok(expected_last_seq),
@@ -393,22 +452,14 @@ impl EventStore {
                     shared::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
                     expected_last_seq.to_string().as_str(),
                 );
-                let ack = self
-                    .js
-                    .publish_with_headers(subject, h, body)
-                    .await
-                    .map_err(publish_err)?
-                    .await
-                    .map_err(publish_err)?;
-                Ok(ack.sequence)
+                self.publish_acked(subject, h, body).await
             }
-            many => {
+            [.., last] => {
                 if !self.atomic {
                     return Err(AppendError::AtomicUnsupported);
                 }
                 let batch_id = uuid::Uuid::new_v4().simple().to_string();
-                let n = many.len();
-                for (i, event) in many.iter().enumerate() {
+                let batch_headers = |event: &Event, i: usize| {
                     let (mut h, body) = headers_for(event)?;
                     h.insert(shared::NATS_BATCH_ID, batch_id.as_str());
                     h.insert(shared::NATS_BATCH_SEQUENCE, (i + 1).to_string().as_str());
@@ -418,38 +469,54 @@ impl EventStore {
                             expected_last_seq.to_string().as_str(),
                         );
                     }
-                    if i + 1 < n {
-                        self.client
-                            .publish_with_headers(subject.clone(), h, body)
-                            .await
-                            .map_err(|e| match e.kind() {
-                                async_nats::client::PublishErrorKind::MaxPayloadExceeded => {
-                                    AppendError::TooLarge
-                                }
-                                _ => AppendError::Nats(e.to_string()),
-                            })?;
-                    } else {
-                        h.insert(shared::NATS_BATCH_COMMIT, "1");
-                        let ack = self
-                            .js
-                            .publish_with_headers(subject.clone(), h, body)
-                            .await
-                            .map_err(publish_err)?
-                            .await
-                            .map_err(|e| match e.kind() {
-                                PublishErrorKind::WrongLastSequence => AppendError::Conflict,
-                                PublishErrorKind::MaxPayloadExceeded => AppendError::TooLarge,
-                                _ if e.to_string().contains("wrong last sequence") => {
-                                    AppendError::Conflict
-                                }
-                                _ => AppendError::Nats(e.to_string()),
-                            })?;
-                        return Ok(ack.sequence);
-                    }
+                    Ok::<_, AppendError>((h, body))
+                };
+                let n = events.len();
+                for (i, event) in events[..n - 1].iter().enumerate() {
+                    let (h, body) = batch_headers(event, i)?;
+                    self.client
+                        .publish_with_headers(subject.clone(), h, body)
+                        .await
+                        .map_err(|e| match e.kind() {
+                            async_nats::client::PublishErrorKind::MaxPayloadExceeded => {
+                                AppendError::TooLarge
+                            }
+                            _ => PublishFailure::Core(e).into(),
+                        })?;
                 }
-                Err(AppendError::Nats("empty batch".into()))
+                let (mut h, body) = batch_headers(last, n - 1)?;
+                h.insert(shared::NATS_BATCH_COMMIT, "1");
+                self.publish_acked(subject, h, body).await
             }
         }
+    }
+}
+
+impl EventStore {
+    /// One JetStream publish, its ack awaited; returns the stream sequence.
+    async fn publish_acked(
+        &self,
+        subject: String,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<u64, AppendError> {
+        let publish_err = |e: jetstream::context::PublishError| {
+            if is_wrong_last_sequence(&e) {
+                AppendError::Conflict
+            } else if e.kind() == PublishErrorKind::MaxPayloadExceeded {
+                AppendError::TooLarge
+            } else {
+                PublishFailure::JetStream(e).into()
+            }
+        };
+        let ack = self
+            .js
+            .publish_with_headers(subject, headers, body)
+            .await
+            .map_err(publish_err)?
+            .await
+            .map_err(publish_err)?;
+        Ok(ack.sequence)
     }
 }
 

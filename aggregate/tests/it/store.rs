@@ -2,7 +2,8 @@
 
 use std::time::{Duration, Instant};
 
-use aggregate::store::{LoadError, LoadStrategy};
+use aggregate::store::{AppendError, LoadError, LoadStrategy, PublishFailure};
+use async_nats::jetstream::context::PublishErrorKind;
 use futures::future::join_all;
 use serde_json::json;
 use testkit::NatsServer;
@@ -115,18 +116,42 @@ async fn fetch_when_the_server_stops_fails_within_the_deadline() {
     let app = instance(&server).await;
     let a = account("acme", "x");
     send(&app, &a, open()).await;
+    let stored = app.runtime.store().read(&a, 1).await.expect("read");
     server.kill();
     let deadline = app.runtime.store().settings().deadline;
     for s in [LoadStrategy::Direct, LoadStrategy::Consumer] {
         let started = Instant::now();
         let r = app.runtime.store().read_with(&a, 1, s).await;
-        assert!(r.is_err(), "{s:?} read succeeded with the server down");
+        assert!(
+            matches!(r, Err(LoadError::Timeout { .. } | LoadError::Nats(_))),
+            "{s:?} read with the server down: {r:?}"
+        );
         assert!(
             started.elapsed() <= deadline + Duration::from_secs(1),
             "{s:?} took {:?}",
             started.elapsed()
         );
     }
+    // an append whose outcome is unknown carries the client's typed error, by kind
+    let mut event = stored[0].event.clone();
+    event.event_id = shared::EventId::new();
+    event.version = shared::Version(2);
+    let err = app
+        .runtime
+        .store()
+        .append(&a, stored[0].seq, &[event])
+        .await
+        .expect_err("append with the server down");
+    let AppendError::Nats(PublishFailure::JetStream(e)) = &err else {
+        panic!("not a typed publish failure: {err:?}");
+    };
+    assert!(
+        matches!(
+            e.kind(),
+            PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe
+        ),
+        "{e:?}"
+    );
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 use shared::AggregateType;
 
-use crate::domain::{Aggregate, DomainError};
+use crate::domain::{Aggregate, DomainError, Snapshotting};
 
 /// Lifecycle of an account.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,6 +146,11 @@ pub struct Account;
 impl Account {
     /// The type name.
     pub const TYPE: &'static str = "account";
+}
+
+impl Snapshotting for Account {
+    /// Bump when `AccountState` or `apply` changes meaning (old snapshots are then ignored).
+    const STATE_SCHEMA: u32 = 1;
 }
 
 impl Aggregate for Account {

@@ -11,6 +11,10 @@
 //!
 //! The runtime works on type-erased aggregates ([`DynAggregate`]) so one registry can serve
 //! many types picked by the URL.
+//!
+//! Snapshots are opt-in: a type whose state can be stored implements [`Snapshotting`] (one
+//! constant, its state-schema version) and is registered with [`snapshotted`]. Types that do
+//! not need nothing beyond [`Aggregate`].
 
 use std::any::Any;
 use std::sync::Arc;
@@ -50,6 +54,24 @@ pub trait Aggregate: Send + Sync + 'static {
         command: Self::Command,
     ) -> Result<Vec<Self::Event>, Self::Error>;
 }
+
+/// An aggregate type whose state is snapshotted: its state can be stored and read back.
+/// Register it with [`snapshotted`].
+pub trait Snapshotting: Aggregate<State: DeserializeOwned> {
+    /// The version of the state's stored form. Bump it whenever `State` or `apply` changes in
+    /// a way that makes an old state wrong for the new code: snapshots written with another
+    /// version are ignored (the history is read instead), so a bump needs no migration.
+    const STATE_SCHEMA: u32;
+}
+
+/// Registers `aggregate` with snapshots (every `DEFAULT_SNAPSHOT_EVERY` events unless the
+/// runtime is configured otherwise).
+pub fn snapshotted<A: Snapshotting>(aggregate: A) -> Arc<dyn DynAggregate> {
+    Arc::new(Snapshotted(aggregate))
+}
+
+/// `A` with its snapshot codec exposed to the runtime.
+struct Snapshotted<A>(A);
 
 /// Type-erased state.
 pub type AnyState = Arc<dyn Any + Send + Sync>;
@@ -116,8 +138,49 @@ pub trait DynAggregate: Send + Sync + 'static {
         command_type: &str,
         payload: Value,
     ) -> Result<Vec<(String, Value)>, DecideError>;
-    /// The state as JSON (for `GET`).
+    /// The state as JSON (for `GET`, and the state of a snapshot).
     fn state_json(&self, state: &AnyState) -> Value;
+    /// The state-schema version of snapshots; `None` if this type takes no snapshots.
+    fn state_schema(&self) -> Option<u32> {
+        None
+    }
+    /// Decodes a snapshot's state; `None` if this type takes no snapshots.
+    fn decode_state(&self, _state: Value) -> Option<Result<AnyState, serde_json::Error>> {
+        None
+    }
+}
+
+impl<A: Snapshotting> DynAggregate for Snapshotted<A> {
+    fn aggregate_type(&self) -> AggregateType {
+        DynAggregate::aggregate_type(&self.0)
+    }
+    fn initial(&self) -> AnyState {
+        self.0.initial()
+    }
+    fn apply_all<'a>(
+        &self,
+        state: &AnyState,
+        events: &mut dyn Iterator<Item = (&'a str, &'a Value)>,
+    ) -> Result<AnyState, ApplyError> {
+        self.0.apply_all(state, events)
+    }
+    fn decide(
+        &self,
+        state: &AnyState,
+        command_type: &str,
+        payload: Value,
+    ) -> Result<Vec<(String, Value)>, DecideError> {
+        DynAggregate::decide(&self.0, state, command_type, payload)
+    }
+    fn state_json(&self, state: &AnyState) -> Value {
+        self.0.state_json(state)
+    }
+    fn state_schema(&self) -> Option<u32> {
+        Some(A::STATE_SCHEMA)
+    }
+    fn decode_state(&self, state: Value) -> Option<Result<AnyState, serde_json::Error>> {
+        Some(serde_json::from_value::<A::State>(state).map(|s| Arc::new(s) as AnyState))
+    }
 }
 
 fn split_tagged(v: Value, tag: &str) -> Option<(String, Value)> {

@@ -7,6 +7,7 @@
 //! - [`store`]: reading (batch direct get, ephemeral consumer) and appending (checked publish,
 //!   atomic batch).
 //! - [`runtime`]: idempotency, cache, decide, conditional append, conflict retries.
+//! - [`snapshot`]: state snapshots in KV, a cache of the history.
 //! - [`http`]: the HTTP API.
 
 pub mod account;
@@ -14,6 +15,7 @@ pub mod domain;
 pub mod http;
 pub mod openapi;
 pub mod runtime;
+pub mod snapshot;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -66,6 +68,22 @@ pub struct Config {
     /// How long command outcomes are kept for idempotent retries, in seconds.
     #[arg(long, env = "IDEMPOTENCY_TTL_SECS", default_value_t = 7 * 24 * 3600)]
     pub idempotency_ttl_secs: u64,
+    /// Snapshot interval per aggregate type, `type=N` (comma-separated): a snapshot every N
+    /// events; 0 turns a type's snapshots off. Types that take snapshots default to 100.
+    #[arg(long, env = "SNAPSHOT_EVERY", value_delimiter = ',', value_parser = parse_snapshot_every)]
+    pub snapshot_every: Vec<(shared::AggregateType, u64)>,
+}
+
+fn parse_snapshot_every(s: &str) -> Result<(shared::AggregateType, u64), String> {
+    let (ty, n) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected type=N, got {s:?}"))?;
+    let ty = ty.trim().parse().map_err(|e| format!("{ty:?}: {e}"))?;
+    let n = n
+        .trim()
+        .parse()
+        .map_err(|e| format!("{n:?} is not a number of events: {e}"))?;
+    Ok((ty, n))
 }
 
 impl Config {
@@ -78,9 +96,9 @@ impl Config {
     }
 }
 
-/// The aggregate types this binary serves.
+/// The aggregate types this binary serves (`account` with snapshots).
 pub fn default_aggregates() -> Vec<Arc<dyn DynAggregate>> {
-    vec![Arc::new(account::Account)]
+    vec![domain::snapshotted(account::Account)]
 }
 
 /// Everything a running instance needs.
@@ -103,8 +121,11 @@ pub async fn start(config: &Config, aggregates: Vec<Arc<dyn DynAggregate>>) -> a
     let js = async_nats::jetstream::new(client.clone());
     let spec = shared::StreamSpec::events(config.nats.stream_replicas);
     let metrics = Metrics::new("aggregate");
+    // a configuration mistake fails at once, not after the start-up retries
+    runtime::snapshot_intervals(&aggregates, &config.snapshot_every)
+        .map_err(|e| anyhow::anyhow!(e))?;
     let runtime = platform::nats::retry_startup(
-        "setting up the stream and the idempotency bucket",
+        "setting up the stream and the idempotency and snapshot buckets",
         config.nats.startup_timeout(),
         |e| {
             e.downcast_ref::<platform::nats::StreamError>()
@@ -127,11 +148,12 @@ pub async fn start(config: &Config, aggregates: Vec<Arc<dyn DynAggregate>>) -> a
                     conflict_retries: config.conflict_retries,
                     idempotency_ttl: Duration::from_secs(config.idempotency_ttl_secs),
                     replicas: config.nats.stream_replicas,
+                    snapshot_every: config.snapshot_every.clone(),
                 },
                 &metrics,
             )
             .await
-            .map_err(|e| anyhow::anyhow!("creating the idempotency bucket: {e}"))
+            .map_err(|e| anyhow::anyhow!("creating the runtime (buckets, snapshot settings): {e}"))
         },
     )
     .await?;

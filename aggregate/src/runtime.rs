@@ -1,5 +1,5 @@
-//! The command runtime: idempotency check, load (cache or stream), decide, conditional append,
-//! retry on conflict.
+//! The command runtime: idempotency check, load (cache, or snapshot plus the stream's tail, or
+//! the stream), decide, conditional append, retry on conflict, snapshot in the background.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -16,13 +16,14 @@ use shared::{AggregateAddress, AggregateType, CommandId, Event, EventId, Metadat
 use time::OffsetDateTime;
 
 use crate::domain::{AnyState, DecideError, DynAggregate};
+use crate::snapshot::{DEFAULT_SNAPSHOT_EVERY, Ignored, Snapshots};
 use crate::store::{AppendError, EventStore, LoadError, Stored};
 
 /// The KV bucket holding command outcomes for idempotent retries.
 pub const COMMANDS_BUCKET: &str = "AGGREGATE_COMMANDS";
 
 /// Runtime tuning.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RuntimeSettings {
     /// How many aggregates' states are cached in memory.
     pub cache_capacity: usize,
@@ -30,8 +31,12 @@ pub struct RuntimeSettings {
     pub conflict_retries: u32,
     /// How long command outcomes are kept for idempotent retries.
     pub idempotency_ttl: Duration,
-    /// Replicas of the idempotency bucket.
+    /// Replicas of the idempotency and snapshot buckets.
     pub replicas: usize,
+    /// Events between two snapshots, per aggregate type, for types that take snapshots
+    /// (others: [`DEFAULT_SNAPSHOT_EVERY`]); 0 turns a type's snapshots off. Naming a type that
+    /// is not registered or takes no snapshots is an error.
+    pub snapshot_every: Vec<(AggregateType, u64)>,
 }
 
 /// A command as the runtime receives it.
@@ -120,6 +125,9 @@ pub struct Loaded {
     pub version: Version,
     /// Stream sequence of the last event (0 if none).
     pub last_seq: u64,
+    /// The version of the newest snapshot known to cover this aggregate (written or read by
+    /// this instance; 0 if none): the next one is due `snapshot_every` events after it.
+    pub snapshot_at: Version,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -159,6 +167,9 @@ pub struct Runtime {
     aggregates: HashMap<AggregateType, Arc<dyn DynAggregate>>,
     cache: quick_cache::sync::Cache<AggregateAddress, Loaded>,
     commands: kv::Store,
+    snapshots: Snapshots,
+    /// Events between snapshots, for the types that take them (absent or 0: none).
+    snapshot_every: HashMap<AggregateType, u64>,
     settings: RuntimeSettings,
     command_count: Family<CommandLabels, Counter>,
     loads: Family<LoadLabels, Counter>,
@@ -171,7 +182,7 @@ pub struct Runtime {
 const STRIPES: usize = 4096;
 
 impl Runtime {
-    /// Builds the runtime, creating the idempotency bucket if needed.
+    /// Builds the runtime, creating the idempotency and snapshot buckets if needed.
     pub async fn new(
         store: EventStore,
         js: &jetstream::Context,
@@ -194,14 +205,19 @@ impl Runtime {
                 .await
                 .or(js.get_key_value(COMMANDS_BUCKET).await)?,
         };
+        let aggregates: HashMap<AggregateType, Arc<dyn DynAggregate>> = aggregates
+            .into_iter()
+            .map(|a| (a.aggregate_type(), a))
+            .collect();
+        let snapshot_every = snapshot_intervals(aggregates.values(), &settings.snapshot_every)?;
+        let snapshots = Snapshots::open(js, settings.replicas, metrics).await?;
         let rt = Runtime {
             store,
-            aggregates: aggregates
-                .into_iter()
-                .map(|a| (a.aggregate_type(), a))
-                .collect(),
+            aggregates,
             cache: quick_cache::sync::Cache::new(settings.cache_capacity.max(1)),
             commands,
+            snapshots,
+            snapshot_every,
             settings,
             command_count: Family::default(),
             loads: Family::default(),
@@ -215,7 +231,7 @@ impl Runtime {
         );
         metrics.register(
             "aggregate_loads",
-            "Aggregate loads, by source (cache, stream)",
+            "Aggregate loads, by source (cache, snapshot: a snapshot plus the tail, stream: the whole history)",
             rt.loads.clone(),
         );
         metrics.register(
@@ -309,22 +325,15 @@ impl Runtime {
         };
         let (mut current, found) = match cached {
             Some(hit) => {
-                self.loads
-                    .get_or_create(&LoadLabels {
-                        source: "cache".into(),
-                    })
-                    .inc();
+                self.count_load("cache");
                 (hit, None)
             }
             None => {
-                self.loads
-                    .get_or_create(&LoadLabels {
-                        source: "stream".into(),
-                    })
-                    .inc();
-                let stored = self.store.read(address, 1).await?;
+                // in doubt, the command may be anywhere in the history: no snapshot
+                let (mut loaded, stored) = self.cold_load(&aggregate, address, in_doubt).await?;
                 let found = look_for.and_then(|id| outcome_of(&stored, id));
-                (advance(&*aggregate, &fresh(&*aggregate), &stored)?, found)
+                self.maybe_snapshot(&aggregate, address, &mut loaded);
+                (loaded, found)
             }
         };
         if let Some(found) = found {
@@ -377,6 +386,7 @@ impl Runtime {
                 .collect();
             match self.store.append(address, current.last_seq, &events).await {
                 Ok(position) => {
+                    let snapshot_at = current.snapshot_at;
                     let state = aggregate
                         .apply_all(
                             &current.state,
@@ -389,14 +399,14 @@ impl Runtime {
                                 reason: e.to_string(),
                             })
                         })?;
-                    self.cache.insert(
-                        address.clone(),
-                        Loaded {
-                            state,
-                            version,
-                            last_seq: position,
-                        },
-                    );
+                    let mut loaded = Loaded {
+                        state,
+                        version,
+                        last_seq: position,
+                        snapshot_at,
+                    };
+                    self.maybe_snapshot(&aggregate, address, &mut loaded);
+                    self.cache.insert(address.clone(), loaded);
                     let outcome = Outcome {
                         events,
                         version,
@@ -506,19 +516,104 @@ impl Runtime {
         });
     }
 
-    /// The aggregate's current state (cache plus the tail from the stream, so it is fresh).
+    /// The aggregate's current state (cache or snapshot, plus the tail from the stream, so it
+    /// is fresh).
     pub async fn load(&self, address: &AggregateAddress) -> Result<Loaded, CommandError> {
         let aggregate = self.aggregate(&address.aggregate_type)?.clone();
-        let base = self
-            .cache
-            .get(address)
-            .unwrap_or_else(|| fresh(&*aggregate));
-        let tail = self.store.read(address, base.last_seq + 1).await?;
-        let loaded = advance(&*aggregate, &base, &tail)?;
+        let mut loaded = match self.cache.get(address) {
+            Some(base) => {
+                let tail = self.store.read(address, base.last_seq + 1).await?;
+                advance(&*aggregate, &base, &tail)?
+            }
+            None => self.cold_load(&aggregate, address, false).await?.0,
+        };
         if loaded.version > Version::ZERO {
+            self.maybe_snapshot(&aggregate, address, &mut loaded);
             self.cache.insert(address.clone(), loaded.clone());
         }
         Ok(loaded)
+    }
+
+    /// Drops the cached state of one aggregate: its next command or read loads it from its
+    /// snapshot and the stream (for operators and benchmarks; correctness never needs it).
+    pub fn evict(&self, address: &AggregateAddress) {
+        self.cache.remove(address);
+    }
+
+    /// Loads an aggregate that is not cached: from its newest snapshot and the events after
+    /// it, or (no usable snapshot, or `whole_history`) from its first event. Returns the state
+    /// and the events read.
+    async fn cold_load(
+        &self,
+        aggregate: &Arc<dyn DynAggregate>,
+        address: &AggregateAddress,
+        whole_history: bool,
+    ) -> Result<(Loaded, Vec<Stored>), CommandError> {
+        if !whole_history && let Some(snapshot) = self.snapshots.read(&**aggregate, address).await {
+            // read from the covered event itself: the snapshot is believed only if the stream
+            // has this aggregate's event at that sequence, with that version
+            let mut stored = self.store.read(address, snapshot.last_seq).await?;
+            match stored.first() {
+                Some(first)
+                    if first.seq == snapshot.last_seq && first.event.version == snapshot.version =>
+                {
+                    let tail = stored.split_off(1);
+                    self.count_load("snapshot");
+                    return Ok((advance(&**aggregate, &snapshot, &tail)?, tail));
+                }
+                other => self.snapshots.ignore(
+                    address,
+                    Ignored::Sequence,
+                    &format!(
+                        "it claims version {} at stream sequence {}; the stream's first event of this aggregate from there is {}",
+                        snapshot.version,
+                        snapshot.last_seq,
+                        other.map_or("none".to_owned(), |s| format!(
+                            "version {} at sequence {}",
+                            s.event.version, s.seq
+                        ))
+                    ),
+                ),
+            }
+        }
+        self.count_load("stream");
+        let stored = self.store.read(address, 1).await?;
+        Ok((
+            advance(&**aggregate, &fresh(&**aggregate), &stored)?,
+            stored,
+        ))
+    }
+
+    /// Starts a snapshot write when one is due (the type takes snapshots and `loaded` is at
+    /// least `snapshot_every` events past the last known one).
+    fn maybe_snapshot(
+        &self,
+        aggregate: &Arc<dyn DynAggregate>,
+        address: &AggregateAddress,
+        loaded: &mut Loaded,
+    ) {
+        let every = self
+            .snapshot_every
+            .get(&address.aggregate_type)
+            .copied()
+            .unwrap_or(0);
+        if every == 0 || loaded.version.get() < loaded.snapshot_at.get().saturating_add(every) {
+            return;
+        }
+        if self
+            .snapshots
+            .spawn_write(aggregate.clone(), address, loaded)
+        {
+            loaded.snapshot_at = loaded.version;
+        }
+    }
+
+    fn count_load(&self, source: &str) {
+        self.loads
+            .get_or_create(&LoadLabels {
+                source: source.to_owned(),
+            })
+            .inc();
     }
 
     /// The state as JSON.
@@ -543,11 +638,37 @@ impl Runtime {
     }
 }
 
+/// Events between snapshots per aggregate type: [`DEFAULT_SNAPSHOT_EVERY`] for every type that
+/// takes snapshots, overridden by `overrides`; an override for a type that is not registered or
+/// takes no snapshots is an error (a typo would otherwise silently change nothing).
+pub fn snapshot_intervals<'a>(
+    aggregates: impl IntoIterator<Item = &'a Arc<dyn DynAggregate>>,
+    overrides: &[(AggregateType, u64)],
+) -> Result<HashMap<AggregateType, u64>, String> {
+    let mut every: HashMap<AggregateType, u64> = aggregates
+        .into_iter()
+        .filter(|a| a.state_schema().is_some())
+        .map(|a| (a.aggregate_type(), DEFAULT_SNAPSHOT_EVERY))
+        .collect();
+    for (ty, n) in overrides {
+        match every.get_mut(ty) {
+            Some(slot) => *slot = *n,
+            None => {
+                return Err(format!(
+                    "SNAPSHOT_EVERY names {ty}, which is not a registered aggregate type that takes snapshots"
+                ));
+            }
+        }
+    }
+    Ok(every)
+}
+
 fn fresh(aggregate: &dyn DynAggregate) -> Loaded {
     Loaded {
         state: aggregate.initial(),
         version: Version::ZERO,
         last_seq: 0,
+        snapshot_at: Version::ZERO,
     }
 }
 
@@ -589,6 +710,7 @@ fn advance(
         state,
         version: last.event.version,
         last_seq: last.seq,
+        snapshot_at: base.snapshot_at,
     })
 }
 

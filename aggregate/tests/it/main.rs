@@ -3,6 +3,7 @@
 mod cluster;
 mod http;
 mod runtime;
+mod snapshot;
 mod startup;
 mod store;
 mod support;

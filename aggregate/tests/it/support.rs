@@ -3,7 +3,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aggregate::domain::{Aggregate, DomainError, DynAggregate};
+use aggregate::account::Account;
+use aggregate::domain::{Aggregate, DomainError, DynAggregate, Snapshotting};
 use aggregate::runtime::{CommandRequest, Outcome};
 use clap::Parser;
 use serde::{Deserialize, Serialize};
@@ -165,4 +166,35 @@ impl Aggregate for Ledger {
             .map(|text| LedgerEvent::LinePosted { text })
             .collect())
     }
+}
+
+/// `account` with its state-schema version bumped (same events, same rules).
+pub(crate) struct AccountV2;
+
+impl Aggregate for AccountV2 {
+    type State = <Account as Aggregate>::State;
+    type Command = <Account as Aggregate>::Command;
+    type Event = <Account as Aggregate>::Event;
+    type Error = <Account as Aggregate>::Error;
+
+    fn aggregate_type(&self) -> AggregateType {
+        Aggregate::aggregate_type(&Account)
+    }
+    fn command_types(&self) -> &'static [&'static str] {
+        Account.command_types()
+    }
+    fn apply(&self, state: &mut Self::State, event: Self::Event) {
+        Aggregate::apply(&Account, state, event);
+    }
+    fn decide(
+        &self,
+        state: &Self::State,
+        command: Self::Command,
+    ) -> Result<Vec<Self::Event>, Self::Error> {
+        Aggregate::decide(&Account, state, command)
+    }
+}
+
+impl Snapshotting for AccountV2 {
+    const STATE_SCHEMA: u32 = 2;
 }

@@ -26,8 +26,8 @@
   cargoArtifacts = craneLib.buildDepsOnly devArgs;
 
   # every tool a step of the gate calls; the tests start real servers (nats-server, nginx), the
-  # end-to-end ones the stack script (bash, ps, curl, python3 for tokens) and, on Linux,
-  # headless Chromium over WebDriver
+  # end-to-end ones the stack script (bash, ps, curl, python3 for tokens), a real OpenID provider
+  # (node) and, on Linux, headless Chromium over WebDriver
   tools =
     [
       craneLib.clippy
@@ -41,6 +41,7 @@
       pkgs.procps
       pkgs.curl
       pkgs.python3
+      pkgs.nodejs
     ]
     ++ lib.optionals pkgs.stdenv.isLinux [pkgs.chromium pkgs.chromedriver];
 
@@ -56,6 +57,19 @@
     git -C "$db" -c user.name=nix -c user.email=nix@localhost commit -q -m advisory-db
   '';
 
+  # node_modules of the e2e OpenID provider (e2e/oidc), from its package-lock.json, linked
+  # where e2e/tests/it/oidc.rs looks for them (`npm ci --prefix e2e/oidc` outside Nix)
+  oidcNodeModules = pkgs.importNpmLock.buildNodeModules {
+    npmRoot = lib.fileset.toSource {
+      root = ../e2e/oidc;
+      fileset = lib.fileset.unions [../e2e/oidc/package.json ../e2e/oidc/package-lock.json];
+    };
+    inherit (pkgs) nodejs;
+  };
+  linkOidc = ''
+    ln -sfn ${oidcNodeModules}/node_modules e2e/oidc/node_modules
+  '';
+
   step = s:
     craneLib.mkCargoDerivation (devArgs
       // {
@@ -63,7 +77,7 @@
         pnameSuffix = "-${s.name}";
         nativeBuildInputs = tools;
         env.CI = "true";
-        preBuild = lib.optionalString (lib.any (lib.hasInfix "cargo deny") s.commands) advisoryDb;
+        preBuild = linkOidc + lib.optionalString (lib.any (lib.hasInfix "cargo deny") s.commands) advisoryDb;
         buildPhaseCargoCommand = lib.concatStringsSep "\n" s.commands;
         doInstallCargoArtifacts = false;
       }

@@ -30,6 +30,12 @@
         ../gateway
         ../justfile
         ../justfile.stack
+        # key fixtures of the auth tests; the OpenID provider of the e2e auth test (its
+        # node_modules come from nix/checks.nix, built from the lock file)
+        ../platform/tests/fixtures
+        ../e2e/oidc/provider.mjs
+        ../e2e/oidc/package.json
+        ../e2e/oidc/package-lock.json
       ]) (lib.fileset.unions [
         # never part of a git checkout, but present when the flake is used as a plain path
         (lib.fileset.maybeMissing ../target)

@@ -28,12 +28,20 @@
 #   AUTH_JWT_SECRET [a fixed development secret]  NATS_SERVER_BIN, NGINX_BIN  binaries to use
 #   CORS_ALLOWED_ORIGINS [empty = CORS off] origins (scheme://host[:port], comma or space
 #     separated) whose browser pages may call the API through the gateway
+#   AUTH_JWT_ISSUER [nats-es-dev]  AUTH_JWT_AUDIENCE [nats-es]  what the services require of a
+#     token's iss and aud (scripts/token.py mints tokens with these defaults)
+#   AUTH_JWKS_URL or AUTH_OIDC_ISSUER_URL  take the keys from an identity provider instead of
+#     the secret (then `token` cannot mint; get tokens from the provider); every other AUTH_*
+#     variable (claims mapping, refresh timing) is passed on from the environment
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
-# Keep in step with DEFAULT_SECRET in scripts/token.py. Development only.
+# Keep in step with DEFAULT_SECRET, DEFAULT_ISSUER and DEFAULT_AUDIENCE in scripts/token.py.
+# Development only.
 readonly DEFAULT_JWT_SECRET="local-dev-secret-change-me-0123456789"
+readonly DEFAULT_JWT_ISSUER="nats-es-dev"
+readonly DEFAULT_JWT_AUDIENCE="nats-es"
 
 STACK_DIR=${STACK_DIR:-$ROOT/.data}
 case $STACK_DIR in /*) ;; *) STACK_DIR=$PWD/$STACK_DIR ;; esac
@@ -327,6 +335,15 @@ cmd_up() {
   mkdir -p "$PIDS" "$LOGS" "$STACK_DIR/gateway" "$STACK_DIR/tmp" "$STACK_DIR/run"
   secret=${AUTH_JWT_SECRET:-$DEFAULT_JWT_SECRET}
   (umask 077 && printf '%s\n' "$secret" >"$STACK_DIR/jwt-secret")
+  # the services' key source: the identity provider when one is configured, else the secret;
+  # issuer and audience are always required
+  local auth_env=(AUTH_JWT_ISSUER="${AUTH_JWT_ISSUER:-$DEFAULT_JWT_ISSUER}" AUTH_JWT_AUDIENCE="${AUTH_JWT_AUDIENCE:-$DEFAULT_JWT_AUDIENCE}")
+  if [[ -n ${AUTH_JWKS_URL:-}${AUTH_OIDC_ISSUER_URL:-} ]]; then
+    say "tokens are verified with the identity provider's keys (${AUTH_JWKS_URL:-$AUTH_OIDC_ISSUER_URL})"
+    auth_env+=(AUTH_JWT_SECRET=) # empty = unset: one key source only
+  else
+    auth_env+=(AUTH_JWT_SECRET="$secret")
+  fi
 
   # the gateway's configuration, checked before anything starts
   local agg_servers="" proj_servers="" conf
@@ -382,7 +399,7 @@ cmd_up() {
   for p in $AGGREGATE_PORTS; do
     name=aggregate-$((++i))
     spawn "$name" env HTTP_ADDR="127.0.0.1:$p" NATS_URL="$nats_url" INSTANCE_ID="$name" \
-      LOG_FORMAT=json RUST_LOG="$RUST_LOG" AUTH_JWT_SECRET="$secret" "${replicas[@]}" "$agg_bin"
+      LOG_FORMAT=json RUST_LOG="$RUST_LOG" "${auth_env[@]}" "${replicas[@]}" "$agg_bin"
     echo "http://127.0.0.1:$p/readyz" >"$PIDS/$name.check"
     services+=("$name")
   done
@@ -390,7 +407,7 @@ cmd_up() {
   for p in $PROJECTION_PORTS; do
     name=projection-$((++i))
     spawn "$name" env HTTP_ADDR="127.0.0.1:$p" NATS_URL="$nats_url" INSTANCE_ID="$name" \
-      LOG_FORMAT=json RUST_LOG="$RUST_LOG" AUTH_JWT_SECRET="$secret" "${replicas[@]}" "$proj_bin"
+      LOG_FORMAT=json RUST_LOG="$RUST_LOG" "${auth_env[@]}" "${replicas[@]}" "$proj_bin"
     echo "http://127.0.0.1:$p/readyz" >"$PIDS/$name.check"
     services+=("$name")
   done

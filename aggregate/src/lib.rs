@@ -168,16 +168,19 @@ pub async fn start(config: &Config, aggregates: Vec<Arc<dyn DynAggregate>>) -> a
 /// The complete router: API (behind auth) plus ops routes, in the shared middleware stack.
 pub fn app(app: &App, auth: Authenticator, http: HttpSettings) -> Router {
     let api = http::routes(app.runtime.clone()).route_layer(axum::middleware::from_fn_with_state(
-        auth,
+        auth.clone(),
         platform::auth::require_auth,
     ));
     let client = app.client.clone();
     let draining = app.draining.clone();
+    let keys = auth.clone();
     let readiness = move || {
         let mut failing = Vec::new();
         if !platform::nats::is_connected(&client) {
             failing.push("nats: not connected".to_owned());
         }
+        // the identity provider's keys have not loaded yet (AUTH_JWKS_URL, AUTH_OIDC_ISSUER_URL)
+        failing.extend(keys.not_ready());
         if draining.load(Ordering::Relaxed) {
             failing.push("shutting down".to_owned());
         }

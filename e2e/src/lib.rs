@@ -2,6 +2,8 @@
 //! `tests/hostile`): where the workspace and the service binaries are, and free ports.
 //! The tests themselves live in `tests/`.
 
+pub mod oidc;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Once;
@@ -115,8 +117,8 @@ impl Stack {
         Stack::up_with_env(topology, projections, rust_log, &[])
     }
 
-    /// [`Stack::up_with`], with more environment for `scripts/stack.sh` (e.g.
-    /// `CORS_ALLOWED_ORIGINS`).
+    /// [`Stack::up_with`], with more environment for `scripts/stack.sh` and the services it
+    /// starts (e.g. `CORS_ALLOWED_ORIGINS`, `AUTH_OIDC_ISSUER_URL`).
     pub fn up_with_env(
         topology: Topology,
         projections: usize,

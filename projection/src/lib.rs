@@ -233,17 +233,20 @@ pub fn app(app: &App, auth: Authenticator, http: HttpSettings) -> Router {
         app.min_position_timeout,
     )
     .route_layer(axum::middleware::from_fn_with_state(
-        auth,
+        auth.clone(),
         platform::auth::require_auth,
     ));
     let client = app.client.clone();
     let draining = app.draining.clone();
     let views = app.views.clone();
+    let keys = auth.clone();
     let readiness = move || {
         let mut failing = Vec::new();
         if !platform::nats::is_connected(&client) {
             failing.push("nats: not connected".to_owned());
         }
+        // the identity provider's keys have not loaded yet (AUTH_JWKS_URL, AUTH_OIDC_ISSUER_URL)
+        failing.extend(keys.not_ready());
         for (name, slot) in views.iter() {
             if !slot.current().running.load(Ordering::Relaxed) {
                 failing.push(format!("view {name}: consumer not running"));

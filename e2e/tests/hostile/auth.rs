@@ -1,6 +1,7 @@
 //! Authentication through the gateway, on both services and the admin routes: every forged,
 //! expired, misdirected or malformed token is refused with the right 401/403 problem+json.
 
+use platform::auth::{DEV_AUDIENCE, DEV_ISSUER};
 use serde_json::json;
 
 use crate::support::*;
@@ -148,7 +149,7 @@ async fn every_bad_token_is_refused_with_the_right_problem() {
             "Bearer {}",
             hand_signed(
                 &hs256,
-                &json!({"exp": 9_999_999_999u64, "tenants": ["acme"], "admin": true}),
+                &json!({"iss": DEV_ISSUER, "aud": DEV_AUDIENCE, "exp": 9_999_999_999u64, "tenants": ["acme"], "admin": true}),
                 secret
             )
         )),
@@ -161,7 +162,7 @@ async fn every_bad_token_is_refused_with_the_right_problem() {
             "Bearer {}",
             hand_signed(
                 &hs256,
-                &json!({"sub": "x", "tenants": ["acme"], "admin": true}),
+                &json!({"iss": DEV_ISSUER, "aud": DEV_AUDIENCE, "sub": "x", "tenants": ["acme"], "admin": true}),
                 secret
             )
         )),
@@ -174,7 +175,7 @@ async fn every_bad_token_is_refused_with_the_right_problem() {
             "Bearer {}",
             hand_signed(
                 &hs256,
-                &json!({"sub": "x", "exp": 9_999_999_999u64, "tenants": "acme"}),
+                &json!({"iss": DEV_ISSUER, "aud": DEV_AUDIENCE, "sub": "x", "exp": 9_999_999_999u64, "tenants": "acme"}),
                 secret
             )
         )),
@@ -187,13 +188,51 @@ async fn every_bad_token_is_refused_with_the_right_problem() {
             "Bearer {}",
             hand_signed(
                 &hs256,
-                &json!({"sub": "x", "exp": 9_999_999_999u64, "tenants": ["acme"], "admin": "true"}),
+                &json!({"iss": DEV_ISSUER, "aud": DEV_AUDIENCE, "sub": "x", "exp": 9_999_999_999u64, "tenants": ["acme"], "admin": "true"}),
                 secret
             )
         )),
         &unauthorized,
     )
     .await;
+    // the stack requires iss = DEV_ISSUER and an aud containing DEV_AUDIENCE
+    let mut misdirected = Vec::new();
+    for (label, key, value) in [
+        ("another issuer", "iss", json!("https://evil.example")),
+        ("no issuer", "iss", json!(null)),
+        ("another audience", "aud", json!(["some-other-service"])),
+        ("no audience", "aud", json!(null)),
+    ] {
+        let mut c = claims(&["acme"], true, 600);
+        if value.is_null() {
+            c.as_object_mut().expect("object").remove(key);
+        } else {
+            c[key] = value;
+        }
+        misdirected.push((label, hand_signed(&hs256, &c, secret)));
+    }
+    for (label, token) in misdirected {
+        check(label, Some(format!("Bearer {token}")), &unauthorized).await;
+        // the detail names the claim that failed, and is never "malformed"
+        let r = raw_request(
+            &gw,
+            "GET",
+            AGG,
+            &[("Authorization", format!("Bearer {token}").as_str())],
+            None,
+        )
+        .await;
+        let detail = r.json()["detail"].as_str().unwrap_or_default().to_owned();
+        let claim = if label.contains("issuer") {
+            "iss"
+        } else {
+            "aud"
+        };
+        assert!(
+            detail.contains(&format!("`{claim}`")) && !detail.contains("malformed"),
+            "{label}: {detail}"
+        );
+    }
     for (label, tenants) in [
         ("wrong tenant", vec!["other"]),
         ("tenant in another case", vec!["ACME"]),

@@ -66,7 +66,10 @@ pub(crate) fn alg_none(claims: &Value) -> String {
 /// Claims for tenant `acme`, expiring in `ttl` seconds (negative: already expired).
 pub(crate) fn claims(tenants: &[&str], admin: bool, ttl: i64) -> Value {
     let exp = now().saturating_add_signed(ttl);
-    serde_json::json!({"sub": "hostile", "exp": exp, "tenants": tenants, "admin": admin})
+    serde_json::json!({
+        "iss": platform::auth::DEV_ISSUER, "aud": platform::auth::DEV_AUDIENCE,
+        "sub": "hostile", "exp": exp, "tenants": tenants, "admin": admin,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -4,5 +4,6 @@
 mod binaries;
 mod cors;
 mod devshell;
+mod oidc;
 mod stack;
 mod support;

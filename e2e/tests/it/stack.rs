@@ -217,7 +217,10 @@ async fn the_stack_works_through_the_gateway() {
             StatusCode::UNAUTHORIZED,
         )
         .await;
-        assert_eq!(bad["detail"], "the token is malformed", "{name}");
+        assert_eq!(
+            bad["detail"], "the token is malformed (not a JWT)",
+            "{name}"
+        );
         let other = api.replace("/acme/", "/other/");
         let fb = problem(
             http.get(format!("{base}{other}"))

@@ -1,4 +1,4 @@
-//! RS256 and ES256 tokens verified with a public key file, as configured by flags.
+//! RS256, ES256 and EdDSA tokens verified with a public key file, as configured by flags.
 
 use clap::Parser;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -25,13 +25,18 @@ fn authenticator(public_key: &str, alg: &str) -> Authenticator {
     Authenticator::from_args(&args).expect("authenticator")
 }
 
-fn token(alg: Algorithm, private_key: &str) -> String {
+/// The encoding key of a private key fixture.
+pub(crate) fn encoding_key(alg: Algorithm, private_key: &str) -> EncodingKey {
     let pem = std::fs::read(format!("{FIXTURES}/{private_key}")).expect("key");
-    let key = match alg {
+    match alg {
         Algorithm::RS256 => EncodingKey::from_rsa_pem(&pem),
+        Algorithm::EdDSA => EncodingKey::from_ed_pem(&pem),
         _ => EncodingKey::from_ec_pem(&pem),
     }
-    .expect("encoding key");
+    .expect("encoding key")
+}
+
+fn token(alg: Algorithm, private_key: &str) -> String {
     let exp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
@@ -43,38 +48,50 @@ fn token(alg: Algorithm, private_key: &str) -> String {
         tenants: vec!["acme".into()],
         admin: false,
     };
-    jsonwebtoken::encode(&Header::new(alg), &claims, &key).expect("sign")
+    jsonwebtoken::encode(&Header::new(alg), &claims, &encoding_key(alg, private_key)).expect("sign")
 }
 
-#[test]
-fn rs256_tokens_verify_with_the_public_key() {
-    let auth = authenticator("rsa-public.pem", "RS256");
-    let claims = auth
-        .verify(&token(Algorithm::RS256, "rsa-private.pem"))
-        .expect("valid");
-    assert_eq!(claims.tenants, ["acme"]);
-    // an ES256 token is refused by an RS256 verifier
-    assert_eq!(
-        auth.verify(&token(Algorithm::ES256, "ec-private.pem"))
-            .expect_err("wrong algorithm")
-            .status,
-        401
-    );
-}
-
-#[test]
-fn es256_tokens_verify_with_the_public_key() {
-    let auth = authenticator("ec-public.pem", "ES256");
-    let claims = auth
-        .verify(&token(Algorithm::ES256, "ec-private.pem"))
-        .expect("valid");
-    assert_eq!(claims.sub, "svc");
-    assert_eq!(
-        auth.verify(&token(Algorithm::RS256, "rsa-private.pem"))
-            .expect_err("wrong algorithm")
-            .status,
-        401
-    );
+/// Each public key file verifies its algorithm's tokens and refuses another algorithm's.
+#[tokio::test]
+async fn tokens_verify_with_the_public_key_file_of_their_algorithm() {
+    for (public, alg_name, alg, private, other, other_private) in [
+        (
+            "rsa-public.pem",
+            "RS256",
+            Algorithm::RS256,
+            "rsa-private.pem",
+            Algorithm::ES256,
+            "ec-private.pem",
+        ),
+        (
+            "ec-public.pem",
+            "ES256",
+            Algorithm::ES256,
+            "ec-private.pem",
+            Algorithm::RS256,
+            "rsa-private.pem",
+        ),
+        (
+            "ed-public.pem",
+            "EdDSA",
+            Algorithm::EdDSA,
+            "ed-private.pem",
+            Algorithm::ES256,
+            "ec-private.pem",
+        ),
+    ] {
+        let auth = authenticator(public, alg_name);
+        let claims = auth
+            .verify(&token(alg, private))
+            .await
+            .unwrap_or_else(|p| panic!("{alg_name}: {p:?}"));
+        assert_eq!(claims.tenants, ["acme"], "{alg_name}");
+        let p = auth
+            .verify(&token(other, other_private))
+            .await
+            .expect_err("wrong algorithm");
+        assert_eq!(p.status, 401, "{alg_name}");
+    }
 }
 
 #[test]

@@ -1,4 +1,5 @@
 //! Integration tests of the shared conventions against a real nats-server.
 
 mod auth;
+mod jwks;
 mod nats;

@@ -173,6 +173,7 @@ pub fn app(app: &App, auth: Authenticator, http: HttpSettings) -> Router {
     ));
     let client = app.client.clone();
     let draining = app.draining.clone();
+    auth.register_metrics(&app.metrics);
     let keys = auth.clone();
     let readiness = move || {
         let mut failing = Vec::new();

@@ -239,6 +239,7 @@ pub fn app(app: &App, auth: Authenticator, http: HttpSettings) -> Router {
     let client = app.client.clone();
     let draining = app.draining.clone();
     let views = app.views.clone();
+    auth.register_metrics(&app.metrics);
     let keys = auth.clone();
     let readiness = move || {
         let mut failing = Vec::new();

@@ -186,6 +186,26 @@ async fn tokens_from_a_real_openid_provider() {
     }
     let now: Vec<u32> = stack.services.iter().map(|(n, _)| stack.pid(n)).collect();
     assert_eq!(pids, now, "a service was restarted");
+    // the metrics show the rotated key set: generation 2 and 1, three keys each
+    for (name, url) in &stack.services {
+        let text = http
+            .get(format!("{url}/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        assert!(
+            text.contains("_auth_jwks_keys 6")
+                && text.contains("_auth_jwks_fetches_total{outcome=\"ok\"}"),
+            "{name}: {}",
+            text.lines()
+                .filter(|l| l.contains("auth_jwks"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
 
     // a flood of unknown kids on every instance: at most one key set fetch per instance and
     // interval (every instance has its own cache)

@@ -20,6 +20,12 @@ use std::time::{Duration, Instant};
 
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+
+use crate::metrics::Metrics;
 
 /// Where the key set comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +87,39 @@ struct State {
     jwks_uri: Option<String>,
 }
 
+/// Label of [`JwksMetrics::fetches`].
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FetchOutcome {
+    /// `ok` or `error`.
+    pub outcome: &'static str,
+}
+
+/// What an operator watches: fetches by outcome and the number of usable keys (0 until the
+/// first load: tokens cannot be verified).
+#[derive(Clone, Default)]
+pub struct JwksMetrics {
+    /// Key set fetches (discovery included) by outcome.
+    pub fetches: Family<FetchOutcome, Counter>,
+    /// Usable keys in the cache.
+    pub keys: Gauge,
+}
+
+impl JwksMetrics {
+    /// Registers them as `auth_jwks_fetches` and `auth_jwks_keys` in a service's registry.
+    pub fn register(&self, metrics: &Metrics) {
+        metrics.register(
+            "auth_jwks_fetches",
+            "Fetches of the identity provider's key set, by outcome",
+            self.fetches.clone(),
+        );
+        metrics.register(
+            "auth_jwks_keys",
+            "Usable keys of the identity provider in the cache (0: tokens cannot be verified)",
+            self.keys.clone(),
+        );
+    }
+}
+
 /// The cached key set, shared by every request; its refresher holds only a weak reference.
 pub struct JwksCache {
     source: JwksSource,
@@ -89,6 +128,7 @@ pub struct JwksCache {
     state: RwLock<State>,
     fetch_lock: tokio::sync::Mutex<()>,
     fetches: AtomicU64,
+    metrics: JwksMetrics,
 }
 
 /// What went wrong fetching the key set; the text names the URL.
@@ -110,6 +150,7 @@ impl JwksCache {
             state: RwLock::new(State::default()),
             fetch_lock: tokio::sync::Mutex::new(()),
             fetches: AtomicU64::new(0),
+            metrics: JwksMetrics::default(),
         });
         handle.spawn(refresher(Arc::downgrade(&cache)));
         Ok(cache)
@@ -118,6 +159,11 @@ impl JwksCache {
     /// Where the keys come from, for messages.
     pub fn source(&self) -> &JwksSource {
         &self.source
+    }
+
+    /// The fetch and key metrics (register them with [`JwksMetrics::register`]).
+    pub fn metrics(&self) -> &JwksMetrics {
+        &self.metrics
     }
 
     /// Key set fetches attempted so far (including failed ones).
@@ -207,6 +253,13 @@ impl JwksCache {
         match outcome {
             Ok((uri, keys, max_age)) => {
                 tracing::info!(url = %uri, keys = keys.len(), max_age_secs = max_age.map(|d| d.as_secs()), "identity provider keys loaded");
+                self.metrics
+                    .fetches
+                    .get_or_create(&FetchOutcome { outcome: "ok" })
+                    .inc();
+                self.metrics
+                    .keys
+                    .set(i64::try_from(keys.len()).unwrap_or(i64::MAX));
                 state.keys = Arc::new(keys);
                 state.loaded = true;
                 state.last_error = None;
@@ -214,6 +267,10 @@ impl JwksCache {
                 Ok(max_age)
             }
             Err(e) => {
+                self.metrics
+                    .fetches
+                    .get_or_create(&FetchOutcome { outcome: "error" })
+                    .inc();
                 if state.loaded {
                     tracing::warn!(error = %e.0, "refreshing the identity provider's keys failed; the keys loaded before stay in use");
                 } else {

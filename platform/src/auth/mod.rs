@@ -387,6 +387,14 @@ impl Authenticator {
         }
     }
 
+    /// Registers the key set metrics (`auth_jwks_fetches`, `auth_jwks_keys`) when keys come
+    /// from an identity provider.
+    pub fn register_metrics(&self, metrics: &crate::metrics::Metrics) {
+        if let Some(cache) = self.jwks() {
+            cache.metrics().register(metrics);
+        }
+    }
+
     /// The key set cache, when keys come from an identity provider.
     pub fn jwks(&self) -> Option<&Arc<JwksCache>> {
         match &self.inner.as_ref()?.keys {

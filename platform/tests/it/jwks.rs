@@ -322,6 +322,16 @@ async fn known_keys_keep_working_while_the_provider_is_down() {
             .await
             .is_ok()
     );
+    // visible in the metrics
+    let metrics = platform::metrics::Metrics::new("test");
+    auth.register_metrics(&metrics);
+    let text = metrics.render();
+    assert!(
+        text.contains("test_auth_jwks_fetches_total{outcome=\"error\"} 1")
+            && text.contains("test_auth_jwks_fetches_total{outcome=\"ok\"} 1")
+            && text.contains("test_auth_jwks_keys 1"),
+        "{text}"
+    );
     // an answer that is an error keeps the keys too
     let (idp2, _server2) = Provider::start(0, public_keys(&["ec-1"])).await;
     idp2.set(|s| s.status = StatusCode::INTERNAL_SERVER_ERROR);

@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
+use axum::http::HeaderMap;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -14,6 +15,7 @@ use serde_json::json;
 use shared::{AggregateAddress, CommandId, Metadata, Version};
 
 use crate::domain::DecideError;
+use crate::live::{FeedRequest, Live, start_position};
 use crate::runtime::{CommandError, CommandRequest, Runtime};
 use crate::store::{AppendError, LoadError};
 
@@ -51,6 +53,10 @@ pub struct EventsQuery {
     /// First version to return (default 1).
     #[serde(default)]
     pub from_version: Option<u64>,
+    /// `true`: answer a live feed (`text/event-stream`): the events from `from_version`, then
+    /// every new one as it is appended; `Last-Event-ID` (a stream position) resumes after it.
+    #[serde(default)]
+    pub follow: Option<bool>,
 }
 
 /// The API routes (no ops routes, no middleware: see [`crate::app`]).
@@ -64,6 +70,10 @@ pub fn routes(runtime: Arc<Runtime>) -> Router {
         .route(
             "/v1/tenants/{tenant}/aggregates/{type}/{id}/events",
             get(events),
+        )
+        .route(
+            "/v1/tenants/{tenant}/events",
+            get(crate::live::tenant_events),
         )
         .with_state(runtime)
 }
@@ -191,19 +201,35 @@ pub(crate) async fn state(
         EventsQuery,
     ),
     responses(
-        (status = 200, description = "Events with their stream positions", body = crate::openapi::EventsDoc),
+        (status = 200, description = "Events with their stream positions; with `follow=true` a live feed of Server-Sent Events, each `id:` = the stream position and `data:` = `{\"position\": n, \"event\": Event}`, heartbeat comments, an `event: corrupt` for a stored message that is not an event", content(
+            (crate::openapi::EventsDoc = "application/json"),
+            (String = "text/event-stream"),
+        )),
         (status = 400, description = "Invalid id or query", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid token", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
         (status = 403, description = "Tenant not granted", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
-        (status = 503, description = "NATS unavailable; retry", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
+        (status = 503, description = "NATS unavailable, or this instance's live feeds are all taken; retry", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn events(
     State(runtime): State<Arc<Runtime>>,
+    Extension(live): Extension<Arc<Live>>,
     Path(ids): Path<(String, String, String)>,
+    headers: HeaderMap,
     ApiQuery(q): ApiQuery<EventsQuery>,
 ) -> Result<Response, Problem> {
     let address = address(&runtime, &ids)?;
+    if q.follow == Some(true) {
+        return live
+            .open(FeedRequest {
+                filter: address.subject(),
+                from_seq: start_position(&headers, None, 1)?,
+                min_version: q.from_version.unwrap_or(1),
+                follow: true,
+                types: None,
+            })
+            .await;
+    }
     let stored = runtime
         .events(&address, Version(q.from_version.unwrap_or(1)))
         .await

@@ -9,10 +9,12 @@
 //! - [`runtime`]: idempotency, cache, decide, conditional append, conflict retries.
 //! - [`snapshot`]: state snapshots in KV, a cache of the history.
 //! - [`http`]: the HTTP API.
+//! - [`live`]: live feeds (Server-Sent Events) of an aggregate's and a tenant's events.
 
 pub mod account;
 pub mod domain;
 pub mod http;
+pub mod live;
 pub mod openapi;
 pub mod runtime;
 pub mod snapshot;
@@ -72,6 +74,9 @@ pub struct Config {
     /// events; 0 turns a type's snapshots off. Types that take snapshots default to 100.
     #[arg(long, env = "SNAPSHOT_EVERY", value_delimiter = ',', value_parser = parse_snapshot_every)]
     pub snapshot_every: Vec<(shared::AggregateType, u64)>,
+    /// Live feeds (Server-Sent Events).
+    #[command(flatten)]
+    pub live: live::LiveArgs,
 }
 
 fn parse_snapshot_every(s: &str) -> Result<(shared::AggregateType, u64), String> {
@@ -111,6 +116,8 @@ pub struct App {
     pub metrics: Metrics,
     /// Set while draining (readiness goes false).
     pub draining: Arc<AtomicBool>,
+    /// The live feeds, ended at shutdown.
+    pub live: Arc<live::Live>,
 }
 
 /// Connects, makes sure the stream is there and compatible, and builds the runtime.
@@ -159,6 +166,7 @@ pub async fn start(config: &Config, aggregates: Vec<Arc<dyn DynAggregate>>) -> a
     .await?;
     Ok(App {
         runtime: Arc::new(runtime),
+        live: Arc::new(live::Live::new(client.clone(), config.live, &metrics)),
         client,
         metrics,
         draining: Arc::new(AtomicBool::new(false)),
@@ -167,10 +175,12 @@ pub async fn start(config: &Config, aggregates: Vec<Arc<dyn DynAggregate>>) -> a
 
 /// The complete router: API (behind auth) plus ops routes, in the shared middleware stack.
 pub fn app(app: &App, auth: Authenticator, http: HttpSettings) -> Router {
-    let api = http::routes(app.runtime.clone()).route_layer(axum::middleware::from_fn_with_state(
-        auth.clone(),
-        platform::auth::require_auth,
-    ));
+    let api = http::routes(app.runtime.clone())
+        .route_layer(axum::middleware::from_fn_with_state(
+            auth.clone(),
+            platform::auth::require_auth,
+        ))
+        .layer(axum::Extension(app.live.clone()));
     let client = app.client.clone();
     let draining = app.draining.clone();
     auth.register_metrics(&app.metrics);
@@ -230,6 +240,14 @@ pub async fn serve(
     shutdown: Shutdown,
     grace: Duration,
 ) -> anyhow::Result<()> {
+    // live feeds never finish by themselves: end them when the drain starts, so that the
+    // server's graceful shutdown is not held up by them
+    let live = app.live.clone();
+    let closing = shutdown.clone();
+    tokio::spawn(async move {
+        closing.wait().await;
+        live.close();
+    });
     platform::service::serve(
         listener,
         router,

@@ -21,4 +21,4 @@ pub use naming::{
     generation_consumer_name,
 };
 pub use stream::{Retention, STREAM_FILTER, STREAM_NAME, Storage, StreamSpec};
-pub use subject::{AggregateAddress, SubjectError};
+pub use subject::{AggregateAddress, SubjectError, tenant_events_filter};

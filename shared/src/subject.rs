@@ -20,6 +20,16 @@ pub enum SubjectError {
     },
 }
 
+/// The subject filter of a tenant's events: every aggregate of `aggregate_type`, or of every
+/// type (`None`): `tenant.<tenant>.aggregate.<type or *>.*`. Built only from validated ids, so
+/// the only wildcards are the ones put here.
+pub fn tenant_events_filter(tenant: &TenantId, aggregate_type: Option<&AggregateType>) -> String {
+    match aggregate_type {
+        Some(ty) => format!("tenant.{tenant}.aggregate.{ty}.*"),
+        None => format!("tenant.{tenant}.aggregate.*.*"),
+    }
+}
+
 /// The full address of one aggregate: everything its subject is made of.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AggregateAddress {
@@ -51,6 +61,15 @@ impl AggregateAddress {
             "tenant.{}.aggregate.{}.{}",
             self.tenant_id, self.aggregate_type, self.aggregate_id
         )
+    }
+
+    /// The aggregate type token of an event subject, if it is one.
+    pub fn type_of_subject(subject: &str) -> Option<&str> {
+        let mut parts = subject.split('.');
+        match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some("tenant"), Some(_), Some("aggregate"), Some(ty)) => Some(ty),
+            _ => None,
+        }
     }
 
     /// Parses an event subject back into its address, rejecting anything else.
@@ -92,6 +111,22 @@ impl fmt::Display for AggregateAddress {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tenant_filter_has_wildcards_only_where_put() {
+        let t: TenantId = "acme".parse().expect("t");
+        let ty: AggregateType = "account".parse().expect("ty");
+        assert_eq!(
+            tenant_events_filter(&t, Some(&ty)),
+            "tenant.acme.aggregate.account.*"
+        );
+        assert_eq!(tenant_events_filter(&t, None), "tenant.acme.aggregate.*.*");
+        assert_eq!(
+            AggregateAddress::type_of_subject("tenant.acme.aggregate.account.a1"),
+            Some("account")
+        );
+        assert_eq!(AggregateAddress::type_of_subject("other.acme"), None);
+    }
 
     fn addr() -> AggregateAddress {
         AggregateAddress::new(

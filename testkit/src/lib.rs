@@ -7,6 +7,7 @@
 
 pub mod browser;
 pub mod operator;
+pub mod sse;
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpStream;

@@ -2,6 +2,7 @@
 
 mod cluster;
 mod http;
+mod live;
 mod runtime;
 mod snapshot;
 mod startup;

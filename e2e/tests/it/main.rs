@@ -4,6 +4,7 @@
 mod binaries;
 mod cors;
 mod devshell;
+mod live;
 mod oidc;
 mod stack;
 mod support;

@@ -56,6 +56,26 @@ impl Feed {
         }
     }
 
+    /// The feed of an answer, when it is one (200 `text/event-stream`); else the answer back.
+    ///
+    /// # Errors
+    /// The response itself, when it is not a feed (a refusal, a gateway error).
+    pub fn from_response(resp: reqwest::Response) -> Result<Self, reqwest::Response> {
+        let is_feed = resp.status() == 200
+            && resp
+                .headers()
+                .get("content-type")
+                .is_some_and(|t| t.as_bytes() == b"text/event-stream");
+        if is_feed {
+            Ok(Self {
+                resp,
+                buf: String::new(),
+            })
+        } else {
+            Err(resp)
+        }
+    }
+
     /// What has been received and not yet returned as an event.
     pub fn buffered(&self) -> &str {
         &self.buf

@@ -59,6 +59,33 @@ fetch(url, init)
   .catch(e => done({ ok: false, error: String(e) }));
 ";
 
+/// The page subscribes to a live feed with `fetch` (an `EventSource` cannot send a bearer
+/// token), resuming after `Last-Event-ID` 0, and answers the first event frame it reads.
+const SUBSCRIBE: &str = r"
+const [url, token, done] = arguments;
+fetch(url, { headers: { 'Authorization': 'Bearer ' + token, 'Last-Event-ID': '0' } })
+  .then(async r => {
+    const reader = r.body.getReader();
+    const decoder = new TextDecoder();
+    let buf = '';
+    for (;;) {
+      const { value, done: end } = await reader.read();
+      if (end) { done({ ok: false, error: 'the feed ended' }); return; }
+      buf += decoder.decode(value, { stream: true });
+      for (let i = buf.indexOf('\n\n'); i >= 0; i = buf.indexOf('\n\n')) {
+        const frame = buf.slice(0, i);
+        buf = buf.slice(i + 2);
+        if (frame.includes('data:')) {
+          reader.cancel();
+          done({ ok: true, status: r.status, type: r.headers.get('Content-Type'), frame });
+          return;
+        }
+      }
+    }
+  })
+  .catch(e => done({ ok: false, error: String(e) }));
+";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browsers_on_allowed_origins_call_the_api_others_get_no_cors_headers() {
     let (allowed, _a) = page_server().await;
@@ -190,6 +217,20 @@ async fn browsers_on_allowed_origins_call_the_api_others_get_no_cors_headers() {
         .await;
     assert_eq!(seen["status"], 200, "{seen}");
 
+    // a live feed (Server-Sent Events) from the page of the allowed origin
+    let feed = format!("{gw}/v1/tenants/acme/events?follow=true");
+    let seen = browser
+        .run_async(SUBSCRIBE, vec![json!(feed), json!(token)])
+        .await;
+    assert_eq!(seen["ok"], true, "{seen}");
+    assert_eq!(seen["status"], 200, "{seen}");
+    assert_eq!(seen["type"], "text/event-stream", "{seen}");
+    let frame = seen["frame"].as_str().unwrap_or("");
+    assert!(
+        frame.contains("id:") && frame.contains("\"tenant_id\":\"acme\""),
+        "{frame}"
+    );
+
     browser.goto(&format!("{foreign}/")).await;
     let seen = browser
         .run_async(FETCH, vec![json!(command), json!(token), deposit])
@@ -197,6 +238,13 @@ async fn browsers_on_allowed_origins_call_the_api_others_get_no_cors_headers() {
     assert_eq!(
         seen["ok"], false,
         "a page of another origin must be blocked: {seen}"
+    );
+    let seen = browser
+        .run_async(SUBSCRIBE, vec![json!(feed), json!(token)])
+        .await;
+    assert_eq!(
+        seen["ok"], false,
+        "a feed from another origin must be blocked: {seen}"
     );
     // and the blocked preflight sent nothing: the aggregate is still at version 2
     let resp = http

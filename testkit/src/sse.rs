@@ -56,24 +56,18 @@ impl Feed {
         }
     }
 
-    /// The feed of an answer, when it is one (200 `text/event-stream`); else the answer back.
-    ///
-    /// # Errors
-    /// The response itself, when it is not a feed (a refusal, a gateway error).
-    pub fn from_response(resp: reqwest::Response) -> Result<Self, reqwest::Response> {
+    /// The feed of an answer, when it is one (200 `text/event-stream`); `None` for a refusal
+    /// or a gateway error.
+    pub fn from_response(resp: reqwest::Response) -> Option<Self> {
         let is_feed = resp.status() == 200
             && resp
                 .headers()
                 .get("content-type")
                 .is_some_and(|t| t.as_bytes() == b"text/event-stream");
-        if is_feed {
-            Ok(Self {
-                resp,
-                buf: String::new(),
-            })
-        } else {
-            Err(resp)
-        }
+        is_feed.then(|| Self {
+            resp,
+            buf: String::new(),
+        })
     }
 
     /// What has been received and not yet returned as an event.

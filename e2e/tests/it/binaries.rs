@@ -138,3 +138,61 @@ async fn the_rebuild_command_replays_and_switches() {
         "lists the views"
     );
 }
+
+#[tokio::test]
+async fn both_binaries_warn_at_start_up_when_issuer_or_audience_is_not_set() {
+    let server = NatsServer::start();
+    let (agg, proj) = binaries();
+    let secret = ("AUTH_JWT_SECRET", "a-test-secret-a-test-secret-a-test");
+    for bin in [&agg, &proj] {
+        for (env, warned) in [
+            (vec![secret], true),
+            (
+                vec![
+                    secret,
+                    ("AUTH_JWT_ISSUER", "https://idp.example"),
+                    ("AUTH_JWT_AUDIENCE", "nats-es"),
+                ],
+                false,
+            ),
+        ] {
+            let port = free_port();
+            let mut child = spawn(bin, &server, port, &env);
+            assert!(
+                ready(port, Duration::from_secs(20)).await,
+                "{} not ready",
+                bin.display()
+            );
+            let status = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status()
+                .expect("kill");
+            assert!(status.success());
+            wait_exit(&mut child, Duration::from_secs(15)).expect("exits after SIGTERM");
+            let mut err = String::new();
+            use std::io::Read;
+            child
+                .stderr
+                .take()
+                .expect("stderr")
+                .read_to_string(&mut err)
+                .expect("read");
+            let warnings: Vec<&str> = err
+                .lines()
+                .filter(|l| l.contains("WARN"))
+                .filter(|l| l.contains("AUTH_JWT_ISSUER") || l.contains("AUTH_JWT_AUDIENCE"))
+                .collect();
+            if warned {
+                assert!(
+                    warnings
+                        .iter()
+                        .any(|l| l.contains("AUTH_JWT_ISSUER") && l.contains("AUTH_JWT_AUDIENCE")),
+                    "{}: no start-up WARN naming both settings: {err}",
+                    bin.display()
+                );
+            } else {
+                assert!(warnings.is_empty(), "{}: {warnings:?}", bin.display());
+            }
+        }
+    }
+}

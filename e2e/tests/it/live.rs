@@ -35,7 +35,7 @@ async fn a_subscriber_gets_every_event_in_order_across_instance_kills() {
                         // the instance that served it may be gone: the gateway picks another
                         loop {
                             let resp = Feed::open(&url, &token, last.as_deref()).await;
-                            if let Ok(resumed) = Feed::from_response(resp) {
+                            if let Some(resumed) = Feed::from_response(resp) {
                                 feed = resumed;
                                 break;
                             }

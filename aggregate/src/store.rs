@@ -14,6 +14,10 @@ use bytes::Bytes;
 use futures::StreamExt;
 use shared::{AggregateAddress, Event, STREAM_NAME};
 
+/// The largest direct get batch asked for (a follow-up batch is sized from the pending count
+/// the server reported, up to this).
+const MAX_DIRECT_BATCH: usize = 100_000;
+
 /// How an aggregate's history is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LoadStrategy {
@@ -233,18 +237,27 @@ impl EventStore {
                 LoadStrategy::Consumer => self.read_consumer(address, from_seq, &mut out).await,
                 LoadStrategy::Direct => {
                     let mut next = from_seq.max(1);
+                    let mut batch = self.settings.direct_batch;
                     loop {
-                        let pending = self.read_direct(address, next, &mut out).await?;
+                        let pending = self.read_direct(address, next, batch, &mut out).await?;
                         match (pending, out.last()) {
                             (0, _) | (_, None) => return Ok(()),
-                            (_, Some(last)) => next = last.seq + 1,
+                            (pending, Some(last)) => {
+                                next = last.seq + 1;
+                                // the end-of-batch told how many remain: ask for all of them
+                                batch = usize::try_from(pending)
+                                    .unwrap_or(MAX_DIRECT_BATCH)
+                                    .clamp(1, MAX_DIRECT_BATCH);
+                            }
                         }
                     }
                 }
                 LoadStrategy::Auto => {
                     let mut next = from_seq.max(1);
                     loop {
-                        let pending = self.read_direct(address, next, &mut out).await?;
+                        let pending = self
+                            .read_direct(address, next, self.settings.direct_batch, &mut out)
+                            .await?;
                         let Some(last) = out.last() else {
                             return Ok(());
                         };
@@ -270,12 +283,13 @@ impl EventStore {
         }
     }
 
-    /// One batch direct get (ADR-31) from `from_seq`; appends to `out` and returns how many
-    /// matching messages remain after the batch.
+    /// One batch direct get (ADR-31) of up to `batch` messages from `from_seq`; appends to
+    /// `out` and returns how many matching messages remain after the batch.
     async fn read_direct(
         &self,
         address: &AggregateAddress,
         from_seq: u64,
+        batch: usize,
         out: &mut Vec<Stored>,
     ) -> Result<u64, LoadError> {
         let subject = address.subject();
@@ -288,7 +302,7 @@ impl EventStore {
         let request = serde_json::json!({
             "seq": from_seq,
             "next_by_subj": subject,
-            "batch": self.settings.direct_batch,
+            "batch": batch,
         });
         self.client
             .publish_with_reply(
@@ -339,8 +353,12 @@ impl EventStore {
             let seq: u64 = header("Nats-Sequence")
                 .and_then(|v| v.parse().ok())
                 .ok_or(ReadFailure::MissingSequence)?;
-            let stored_subject = header("Nats-Subject").unwrap_or_default();
-            let event = decode(address, &stored_subject, seq, &msg.payload, previous)?;
+            let stored_subject = msg
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("Nats-Subject"))
+                .map_or("", |v| v.as_str());
+            let event = decode(address, stored_subject, seq, &msg.payload, previous)?;
             previous = Some(event.version.get());
             out.push(Stored { event, seq });
         }
@@ -358,7 +376,8 @@ impl EventStore {
         let config = consumer::pull::Config {
             name: Some(name.clone()),
             filter_subject: address.subject(),
-            ack_policy: consumer::AckPolicy::Explicit,
+            // nothing is acked: the server keeps no per-message pending state
+            ack_policy: consumer::AckPolicy::None,
             deliver_policy: if from_seq <= 1 {
                 consumer::DeliverPolicy::All
             } else {
@@ -369,7 +388,6 @@ impl EventStore {
             inactive_threshold: Duration::from_secs(30),
             memory_storage: true,
             num_replicas: 1,
-            max_ack_pending: -1,
             ..Default::default()
         };
         let created: consumer::PullConsumer = self
@@ -566,7 +584,10 @@ fn decode(
         reason,
     };
     let event: Event = serde_json::from_slice(payload).map_err(|e| corrupt(e.to_string()))?;
-    if event.address() != *address {
+    if event.tenant_id != address.tenant_id
+        || event.aggregate_type != address.aggregate_type
+        || event.aggregate_id != address.aggregate_id
+    {
         return Err(corrupt(format!(
             "body names aggregate {}, subject is {}",
             event.address(),

@@ -4,11 +4,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use anyhow::bail;
 use serde_json::{Value, json};
 
+use crate::raw::Raw;
 use crate::report::{Row, Samples};
 use crate::scenarios::Sizes;
+use crate::workload::{Answer, RawKeys};
 
 const TENANT: &str = "bench";
 
@@ -184,5 +188,121 @@ pub(crate) async fn gateway(sizes: &Sizes) -> anyhow::Result<Vec<Row>> {
             )
         });
     }
+    // after the memory figures, which it would change (100 000 accounts in the caches)
+    rows.push(realistic(&stack, &client, sizes).await?);
     Ok(rows)
+}
+
+/// The realistic workload (see `workload.rs`) through the gateway, against raw concurrent
+/// checked publishes on the stack's own nats-server (into a stream of their own, `BENCH_RAW`,
+/// configured like the events stream, so the projections do not see them). The accounts are
+/// opened by publishing their `opened` events directly (as many commands through HTTP would
+/// take minutes), so the aggregate instances load each account on its first command; the
+/// projections apply them before the measurement starts.
+async fn realistic(stack: &e2e::Stack, client: &Arc<Client>, sizes: &Sizes) -> anyhow::Result<Row> {
+    let n = sizes.gateway_workload_accounts;
+    let url = stack
+        .nats_urls
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("the stack has no nats-server"))?;
+    let raw = Raw::connect(url).await?;
+    let mut config = platform::nats::stream_config(&shared::StreamSpec::events(1));
+    config.name = "BENCH_RAW".to_owned();
+    config.subjects = vec!["bench-raw.>".to_owned()];
+    raw.js.create_stream(config).await?;
+    let started = Instant::now();
+    let accounts: Vec<shared::AggregateAddress> = (0..n)
+        .map(|i| crate::scenarios::account(&format!("gw-{i}")))
+        .collect::<anyhow::Result<_>>()?;
+    raw.publish_all(
+        accounts
+            .iter()
+            .map(|a| crate::raw::account_event(a, 1).map(|body| (a.subject(), body)))
+            .collect::<anyhow::Result<Vec<_>>>()?,
+    )
+    .await?;
+    let keys = RawKeys::open(
+        raw.clone(),
+        (0..n).map(|i| format!("bench-raw.gw-{i}")).collect(),
+    )
+    .await?;
+    // let the projections apply the opens before measuring
+    let mut stream = raw.js.get_stream(shared::STREAM_NAME).await?;
+    let last = stream.info().await?.state.last_sequence;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while client.read(&format!("gw-{}", n - 1), last).await.is_err() {
+        if Instant::now() > deadline {
+            bail!("the projections did not apply {n} opened accounts within 300 s");
+        }
+    }
+    progress(format_args!(
+        "realistic workload (gateway): {n} accounts opened and projected in {:.1?}",
+        started.elapsed()
+    ));
+    let seen: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(1)).collect());
+    let client = client.clone();
+    let (mut ours, mut base) = crate::workload::compare(
+        "gateway",
+        n,
+        sizes.workload_phase,
+        move |i, stale| {
+            let (client, seen) = (client.clone(), seen.clone());
+            async move { client.workload_command(&seen, i, stale).await }
+        },
+        keys,
+    )
+    .await;
+    Ok(crate::workload::row(
+        &format!(
+            "realistic workload, gateway ({n} accounts, Zipf s=1, {} writers, 5 % stale)",
+            crate::workload::WRITERS
+        ),
+        &mut ours,
+        &mut base,
+        0.5,
+    ))
+}
+
+impl Client {
+    /// A deposit on `gw-<i>`; a stale one carries the last version seen minus one and must be
+    /// answered 409 `version-conflict`.
+    async fn workload_command(
+        &self,
+        seen: &[AtomicU64],
+        i: usize,
+        stale: bool,
+    ) -> anyhow::Result<Answer> {
+        let mut body = json!({"type": "deposit", "payload": {"amount": 1}});
+        if stale {
+            body["expected_version"] = json!(seen[i].load(Ordering::Relaxed).saturating_sub(1));
+        }
+        let r = self
+            .http
+            .post(format!(
+                "{}/v1/tenants/{TENANT}/aggregates/account/gw-{i}/commands",
+                self.gateway
+            ))
+            .header("authorization", &self.auth)
+            .json(&body)
+            .send()
+            .await?;
+        let status = r.status();
+        let v: Value = r.json().await.unwrap_or(Value::Null);
+        if status.is_success() {
+            if let Some(version) = v["version"].as_u64() {
+                seen[i].fetch_max(version, Ordering::Relaxed);
+            }
+            return Ok(Answer::Ok);
+        }
+        if stale
+            && status == reqwest::StatusCode::CONFLICT
+            && v["type"] == "urn:nats-es:problem:version-conflict"
+        {
+            if let Some(current) = v["current_version"].as_u64() {
+                seen[i].fetch_max(current, Ordering::Relaxed);
+            }
+            return Ok(Answer::Conflict);
+        }
+        bail!("HTTP {status}: {v}")
+    }
 }

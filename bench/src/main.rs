@@ -10,6 +10,7 @@ mod gateway;
 mod raw;
 mod report;
 mod scenarios;
+mod workload;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -29,7 +30,7 @@ struct Args {
     #[arg(long)]
     quick: bool,
     /// Run only the scenarios whose name contains one of these (hot, http, many, cold,
-    /// projection, gateway); repeatable. Default: all.
+    /// workload, projection, gateway); repeatable. Default: all.
     #[arg(long)]
     only: Vec<String>,
     /// Where to write the JSON results.
@@ -97,6 +98,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if wanted("cold") {
         rows.extend(scenarios::cold_load(&ctx).await?);
+    }
+    if wanted("workload") {
+        rows.extend(workload::library(&ctx).await?);
     }
     if wanted("projection") {
         rows.extend(scenarios::projection(&ctx.sizes).await?);

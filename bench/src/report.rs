@@ -44,6 +44,17 @@ impl Samples {
             / self.latencies.len() as f64
     }
 
+    /// The recorded latencies (for merging several writers' samples).
+    pub(crate) fn into_latencies(self) -> Vec<Duration> {
+        self.latencies
+    }
+
+    /// The `p`-th percentile in milliseconds.
+    pub(crate) fn pct_ms(&mut self, p: f64) -> f64 {
+        self.latencies.sort_unstable();
+        self.pct(p)
+    }
+
     /// (p50, p99) in milliseconds.
     pub(crate) fn percentiles_ms(&mut self) -> (f64, f64) {
         self.latencies.sort_unstable();

@@ -31,6 +31,12 @@ pub(crate) struct Sizes {
     pub(crate) gateway_accounts: usize,
     pub(crate) gateway_clients: usize,
     pub(crate) gateway_phase: Duration,
+    pub(crate) http_concurrent_phase: Duration,
+    pub(crate) workload_accounts: usize,
+    pub(crate) workload_phase: Duration,
+    pub(crate) gateway_workload_accounts: usize,
+    pub(crate) snapshot_history: usize,
+    pub(crate) snapshot_loads: usize,
 }
 
 impl Sizes {
@@ -49,6 +55,12 @@ impl Sizes {
                 gateway_accounts: 200,
                 gateway_clients: 32,
                 gateway_phase: Duration::from_secs(2),
+                http_concurrent_phase: Duration::from_millis(1_000),
+                workload_accounts: 10_000,
+                workload_phase: Duration::from_millis(1_500),
+                gateway_workload_accounts: 10_000,
+                snapshot_history: 10_000,
+                snapshot_loads: 20,
             }
         } else {
             Sizes {
@@ -64,6 +76,12 @@ impl Sizes {
                 gateway_accounts: 2_000,
                 gateway_clients: 64,
                 gateway_phase: Duration::from_secs(10),
+                http_concurrent_phase: Duration::from_secs(4),
+                workload_accounts: 100_000,
+                workload_phase: Duration::from_secs(8),
+                gateway_workload_accounts: 100_000,
+                snapshot_history: 10_000,
+                snapshot_loads: 200,
             }
         }
     }
@@ -81,7 +99,7 @@ const TENANT: &str = "bench";
 /// The projection scenario's events live under their own tenant, so its consumer sees only them.
 const PROJECTION_TENANT: &str = "bench-projection";
 
-fn account(id: &str) -> anyhow::Result<AggregateAddress> {
+pub(crate) fn account(id: &str) -> anyhow::Result<AggregateAddress> {
     account_in(TENANT, id)
 }
 
@@ -94,7 +112,7 @@ fn account_in(tenant: &str, id: &str) -> anyhow::Result<AggregateAddress> {
 }
 
 /// A raw subject inside the events stream, apart from every account.
-fn raw_subject(id: &str) -> String {
+pub(crate) fn raw_subject(id: &str) -> String {
     format!("tenant.{TENANT}.aggregate.raw.{id}")
 }
 
@@ -108,7 +126,7 @@ fn command(command_type: &str, payload: serde_json::Value) -> CommandRequest {
     }
 }
 
-fn open() -> CommandRequest {
+pub(crate) fn open() -> CommandRequest {
     command("open", json!({"owner": "Bench", "currency": "EUR"}))
 }
 
@@ -121,7 +139,7 @@ fn progress(msg: impl std::fmt::Display) {
 }
 
 /// Which side runs first in `round`: alternate, so neither always gets the warmer machine.
-fn order(round: usize) -> [bool; 2] {
+pub(crate) fn order(round: usize) -> [bool; 2] {
     if round.is_multiple_of(2) {
         [true, false]
     } else {
@@ -180,8 +198,73 @@ pub(crate) async fn hot_library(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
     )])
 }
 
-/// Hot aggregate through HTTP (`aggregate::app` on 127.0.0.1:0, auth disabled) vs raw checked
-/// publishes.
+/// The HTTP baseline: an axum server (no middleware) with one route that parses the JSON body,
+/// does one raw checked publish on one subject (serialised, as our runtime serialises one
+/// aggregate) and answers the sequence as JSON.
+async fn baseline_http_server(
+    raw: Raw,
+    subject: String,
+) -> anyhow::Result<(
+    std::net::SocketAddr,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+)> {
+    #[derive(Clone)]
+    struct Baseline {
+        raw: Raw,
+        subject: Arc<String>,
+        last: Arc<tokio::sync::Mutex<u64>>,
+    }
+    async fn publish(
+        axum::extract::State(b): axum::extract::State<Baseline>,
+        axum::Json(_body): axum::Json<serde_json::Value>,
+    ) -> Result<axum::Json<serde_json::Value>, (axum::http::StatusCode, String)> {
+        let mut last = b.last.lock().await;
+        let seq = b
+            .raw
+            .checked_publish(&b.subject, *last)
+            .await
+            .map_err(|e| (axum::http::StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+        *last = seq;
+        Ok(axum::Json(json!({ "sequence": seq })))
+    }
+    let last = raw.checked_publish(&subject, 0).await?;
+    let router = axum::Router::new()
+        .route("/raw", axum::routing::post(publish))
+        .with_state(Baseline {
+            raw,
+            subject: Arc::new(subject),
+            last: Arc::new(tokio::sync::Mutex::new(last)),
+        });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    Ok((
+        addr,
+        tokio::spawn(async move { axum::serve(listener, router).await }),
+    ))
+}
+
+/// POSTs `body` to `url`, failing on a non-2xx answer; reads the whole answer.
+async fn post_ok(
+    http: &reqwest::Client,
+    url: &str,
+    body: &serde_json::Value,
+) -> anyhow::Result<()> {
+    let response = http.post(url).json(body).send().await?;
+    let status = response.status();
+    if !status.is_success() {
+        bail!(
+            "HTTP {status}: {}",
+            response.text().await.unwrap_or_default()
+        );
+    }
+    // read the body, as a client would
+    let _ = response.bytes().await?;
+    Ok(())
+}
+
+/// Hot aggregate through HTTP (`aggregate::app` on 127.0.0.1:0, auth disabled): against an
+/// axum baseline server doing one raw checked publish per request (one sequential keep-alive
+/// client, then 64 concurrent clients), and, as before, against raw checked publishes.
 pub(crate) async fn hot_http(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
     let router = aggregate::app(
         &ctx.app,
@@ -194,69 +277,121 @@ pub(crate) async fn hot_http(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let server = tokio::spawn(async move { axum::serve(listener, router).await });
+    let (base_addr, base_server) =
+        baseline_http_server(ctx.raw.clone(), raw_subject("hot-http-baseline")).await?;
     let http = reqwest::Client::new();
     let url = format!("http://{addr}/v1/tenants/{TENANT}/aggregates/account/hot-http/commands");
-    let send = |body: serde_json::Value| {
-        let request = http.post(&url).json(&body);
-        async move {
-            let response = request.send().await?;
-            let status = response.status();
-            if !status.is_success() {
-                bail!(
-                    "HTTP {status}: {}",
-                    response.text().await.unwrap_or_default()
-                );
-            }
-            // read the body, as a client would
-            let _ = response.bytes().await?;
-            anyhow::Ok(())
-        }
-    };
+    let base_url = format!("http://{base_addr}/raw");
     let deposit_body = json!({"type": "deposit", "payload": {"amount": 1}});
-    send(json!({"type": "open", "payload": {"owner": "Bench", "currency": "EUR"}})).await?;
+    post_ok(
+        &http,
+        &url,
+        &json!({"type": "open", "payload": {"owner": "Bench", "currency": "EUR"}}),
+    )
+    .await?;
     let subject = raw_subject("hot-http");
     let mut last = ctx.raw.checked_publish(&subject, 0).await?;
     for _ in 0..50 {
-        send(deposit_body.clone()).await?;
+        post_ok(&http, &url, &deposit_body).await?;
+        post_ok(&http, &base_url, &deposit_body).await?;
         last = ctx.raw.checked_publish(&subject, last).await?;
     }
     let per_round = ctx.sizes.http_commands / ctx.sizes.rounds;
-    let (mut ours, mut base) = (Samples::default(), Samples::default());
+    // 0 = ours, 1 = the HTTP baseline, 2 = raw publishes; the order rotates per round
+    let mut sides: [Samples; 3] = Default::default();
     for round in 0..ctx.sizes.rounds {
-        for ours_turn in order(round) {
+        for k in 0..3 {
+            let side = (round + k) % 3;
             let started = Instant::now();
             for _ in 0..per_round {
                 let t = Instant::now();
-                if ours_turn {
-                    send(deposit_body.clone()).await?;
-                    ours.record(t.elapsed());
-                } else {
-                    last = ctx.raw.checked_publish(&subject, last).await?;
-                    base.record(t.elapsed());
+                match side {
+                    0 => post_ok(&http, &url, &deposit_body).await?,
+                    1 => post_ok(&http, &base_url, &deposit_body).await?,
+                    _ => last = ctx.raw.checked_publish(&subject, last).await?,
                 }
+                sides[side].record(t.elapsed());
             }
-            if ours_turn {
-                ours.wall += started.elapsed();
-            } else {
-                base.wall += started.elapsed();
-            }
+            sides[side].wall += started.elapsed();
         }
         progress(format_args!(
-            "hot aggregate (HTTP) round {}/{}: ours {:.0}/s, raw {:.0}/s",
+            "hot aggregate (HTTP, sequential) round {}/{}: ours {:.0}/s, HTTP baseline {:.0}/s, raw {:.0}/s",
             round + 1,
             ctx.sizes.rounds,
-            ours.rate(),
-            base.rate()
+            sides[0].rate(),
+            sides[1].rate(),
+            sides[2].rate()
+        ));
+    }
+    // 64 concurrent clients on the same account / the same baseline subject
+    let (mut ours_c, mut base_c) = (Samples::default(), Samples::default());
+    for round in 0..2 {
+        for ours_turn in order(round) {
+            let target = if ours_turn { &url } else { &base_url };
+            let started = Instant::now();
+            let deadline = started + ctx.sizes.http_concurrent_phase;
+            let mut tasks = Vec::new();
+            for _ in 0..64 {
+                let (http, target, body) = (http.clone(), target.clone(), deposit_body.clone());
+                tasks.push(tokio::spawn(async move {
+                    let mut latencies = Vec::new();
+                    while Instant::now() < deadline {
+                        let t = Instant::now();
+                        post_ok(&http, &target, &body).await?;
+                        latencies.push(t.elapsed());
+                    }
+                    anyhow::Ok(latencies)
+                }));
+            }
+            let side = if ours_turn { &mut ours_c } else { &mut base_c };
+            for task in tasks {
+                side.extend(task.await??);
+            }
+            side.wall += started.elapsed();
+        }
+        progress(format_args!(
+            "hot aggregate (HTTP, 64 concurrent) round {}/2: ours {:.0}/s, HTTP baseline {:.0}/s",
+            round + 1,
+            ours_c.rate(),
+            base_c.rate()
         ));
     }
     server.abort();
-    Ok(vec![Row::speed(
-        "hot aggregate, HTTP (1 account, sequential POSTs)",
+    base_server.abort();
+    let [mut ours, mut base_http, mut raw] = sides;
+    let mut vs_raw = Row::speed(
+        "hot aggregate, HTTP vs raw publish (1 account, sequential POSTs)",
         "commands/s",
         &mut ours,
-        &mut base,
+        &mut raw,
         0.8,
-    )])
+    );
+    vs_raw.note = "baseline = raw checked publishes, no HTTP (kept for comparison)".to_owned();
+    Ok(vec![
+        vs_raw,
+        Row {
+            note: "baseline = axum route doing one raw checked publish, one keep-alive client"
+                .to_owned(),
+            ..Row::speed(
+                "hot aggregate, HTTP vs HTTP baseline (1 account, sequential)",
+                "commands/s",
+                &mut ours,
+                &mut base_http,
+                0.8,
+            )
+        },
+        Row {
+            note: "baseline = axum route doing one raw checked publish (serialised per subject)"
+                .to_owned(),
+            ..Row::speed(
+                "hot aggregate, HTTP vs HTTP baseline (1 account, 64 concurrent clients)",
+                "commands/s",
+                &mut ours_c,
+                &mut base_c,
+                0.8,
+            )
+        },
+    ])
 }
 
 /// Resets the process's peak RSS (VmHWM), so the next reading covers only what follows.
@@ -385,17 +520,13 @@ pub(crate) async fn many(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
 }
 
 /// Cold load of aggregates with 10 / 100 / 1 000 / 10 000 events: each of our strategies vs
-/// the faster of a raw batch direct get and a raw ephemeral consumer read.
+/// the faster of a raw batch direct get and a raw ephemeral consumer read, each followed by
+/// decoding the same JSON into the same type (`shared::Event`), as ours does.
 pub(crate) async fn cold_load(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
     let store = ctx.app.runtime.store();
     // the histories, written pipelined as valid account events
     for &(events, _) in &ctx.sizes.cold {
-        let address = account(&format!("cold-{events}"))?;
-        let subject = address.subject();
-        let messages = (1..=events as u64)
-            .map(|v| raw::account_event(&address, v).map(|body| (subject.clone(), body)))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        ctx.raw.publish_all(messages).await?;
+        write_history(ctx, &account(&format!("cold-{events}"))?, 1, events as u64).await?;
     }
     progress("cold load: histories written");
     let strategies = [
@@ -403,13 +534,18 @@ pub(crate) async fn cold_load(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
         ("consumer", LoadStrategy::Consumer),
         ("auto", LoadStrategy::Auto),
     ];
+    let decode_all = |bodies: &[bytes::Bytes]| {
+        bodies
+            .iter()
+            .map(|b| serde_json::from_slice::<shared::Event>(b))
+            .collect::<Result<Vec<_>, _>>()
+    };
     let mut rows = Vec::new();
     for &(events, reps) in &ctx.sizes.cold {
         let address = account(&format!("cold-{events}"))?;
         let subject = address.subject();
         let mut ours: Vec<Samples> = strategies.iter().map(|_| Samples::default()).collect();
         let (mut raw_direct, mut raw_consumer) = (Samples::default(), Samples::default());
-        let mut decode = Samples::default();
         // one unmeasured pass of everything first
         for rep in 0..=reps {
             for (i, (_, strategy)) in strategies.iter().enumerate() {
@@ -424,7 +560,7 @@ pub(crate) async fn cold_load(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
                 }
             }
             let t = Instant::now();
-            let read = ctx.raw.direct_get_all(&subject, events).await?;
+            let read = decode_all(&ctx.raw.direct_get_all(&subject, events).await?)?;
             let took = t.elapsed();
             if read.len() != events {
                 bail!("raw direct get read {} of {events} events", read.len());
@@ -433,21 +569,13 @@ pub(crate) async fn cold_load(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
                 raw_direct.record(took);
             }
             let t = Instant::now();
-            let read = ctx.raw.consumer_get_all(&subject, events).await?;
+            let read = decode_all(&ctx.raw.consumer_get_all(&subject, events).await?)?;
             let took = t.elapsed();
             if read.len() != events {
                 bail!("raw consumer read {} of {events} events", read.len());
             }
             if rep > 0 {
                 raw_consumer.record(took);
-            }
-            // what decoding alone costs (ours decodes and checks every event; raw does not)
-            let t = Instant::now();
-            for body in &read {
-                serde_json::from_slice::<shared::Event>(body)?;
-            }
-            if rep > 0 {
-                decode.record(t.elapsed());
             }
         }
         let (direct_ms, consumer_ms) = (raw_direct.mean_ms(), raw_consumer.mean_ms());
@@ -457,7 +585,7 @@ pub(crate) async fn cold_load(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
             (consumer_ms, "raw consumer")
         };
         progress(format_args!(
-            "cold load {events} events: raw direct {direct_ms:.3} ms, raw consumer {consumer_ms:.3} ms, ours {}",
+            "cold load {events} events: raw direct + decode {direct_ms:.3} ms, raw consumer + decode {consumer_ms:.3} ms, ours {}",
             strategies
                 .iter()
                 .zip(&ours)
@@ -470,15 +598,108 @@ pub(crate) async fn cold_load(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
                 &format!("cold load, {events} events, {name}"),
                 samples,
                 baseline_ms,
-                1.2,
+                1.1,
                 format!(
-                    "baseline = {which} (raw direct {direct_ms:.3} ms, raw consumer {consumer_ms:.3} ms); JSON decode alone {:.3} ms; {reps} loads each",
-                    decode.mean_ms()
+                    "baseline = {which} + decode into shared::Event (raw direct {direct_ms:.3} ms, raw consumer {consumer_ms:.3} ms, both with decode); {reps} loads each"
                 ),
             ));
         }
     }
+    rows.push(cold_load_with_snapshot(ctx).await?);
     Ok(rows)
+}
+
+/// Publishes valid account events `from..=to` of `address`, pipelined.
+async fn write_history(
+    ctx: &Ctx,
+    address: &AggregateAddress,
+    from: u64,
+    to: u64,
+) -> anyhow::Result<()> {
+    let subject = address.subject();
+    let messages = (from..=to)
+        .map(|v| raw::account_event(address, v).map(|body| (subject.clone(), body)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    ctx.raw.publish_all(messages).await
+}
+
+/// A cold load (cache evicted) of an account with a long history and a snapshot, through the
+/// runtime (snapshot read + the tail after it), vs the faster raw full read of its history
+/// (no decoding: the strictest baseline).
+async fn cold_load_with_snapshot(ctx: &Ctx) -> anyhow::Result<Row> {
+    let runtime = &ctx.app.runtime;
+    let events = ctx.sizes.snapshot_history as u64;
+    let tail = 50u64;
+    let address = account("cold-snapshot")?;
+    write_history(ctx, &address, 1, events).await?;
+    // a cold load of the whole history writes the snapshot (every 100 events by default) ...
+    runtime.evict(&address);
+    runtime.load(&address).await?;
+    let js = async_nats::jetstream::new(ctx.raw.client.clone());
+    let kv = js
+        .get_key_value(aggregate::snapshot::SNAPSHOTS_BUCKET)
+        .await?;
+    let key = aggregate::snapshot::snapshot_key(&address);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while kv.get(&key).await?.is_none() {
+        if Instant::now() > deadline {
+            bail!("no snapshot of {address} was written");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // ... and then the history grows by a tail the snapshot does not cover
+    write_history(ctx, &address, events + 1, events + tail).await?;
+    let total = (events + tail) as usize;
+    let subject = address.subject();
+    let (mut ours, mut raw_direct, mut raw_consumer) =
+        (Samples::default(), Samples::default(), Samples::default());
+    let reps = ctx.sizes.snapshot_loads;
+    let raw_reps = reps.min(8);
+    for rep in 0..=reps {
+        runtime.evict(&address);
+        let t = Instant::now();
+        let loaded = runtime.load(&address).await?;
+        let took = t.elapsed();
+        if loaded.version.get() != events + tail {
+            bail!("snapshot load reached version {}", loaded.version);
+        }
+        if rep > 0 {
+            ours.record(took);
+        }
+        if rep <= raw_reps {
+            let t = Instant::now();
+            let n = ctx.raw.direct_get_all(&subject, total).await?.len();
+            let took = t.elapsed();
+            if rep > 0 {
+                raw_direct.record(took);
+            }
+            let t = Instant::now();
+            let m = ctx.raw.consumer_get_all(&subject, total).await?.len();
+            let took_consumer = t.elapsed();
+            if rep > 0 {
+                raw_consumer.record(took_consumer);
+            }
+            if n != total || m != total {
+                bail!("raw reads got {n} and {m} of {total} events");
+            }
+        }
+    }
+    // the runtime re-wrote its snapshot at most once per 100 events; it is still at `events`
+    let (direct_ms, consumer_ms) = (raw_direct.mean_ms(), raw_consumer.mean_ms());
+    let baseline_ms = direct_ms.min(consumer_ms);
+    progress(format_args!(
+        "cold load with snapshot, {total} events: ours {:.3} ms, raw direct {direct_ms:.3} ms, raw consumer {consumer_ms:.3} ms",
+        ours.mean_ms()
+    ));
+    Ok(Row::time(
+        &format!("cold load with snapshot, {total} events (snapshot + {tail}-event tail)"),
+        &mut ours,
+        baseline_ms,
+        0.1,
+        format!(
+            "Runtime::load after evict: snapshot get + direct get from its sequence; baseline = faster raw full read without decoding (raw direct {direct_ms:.3} ms, raw consumer {consumer_ms:.3} ms); {reps} loads"
+        ),
+    ))
 }
 
 /// Projection throughput and rebuild, on a server of its own (so the stream holds only valid

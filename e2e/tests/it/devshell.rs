@@ -124,11 +124,17 @@ fn the_first_shell_starts_nats_and_the_last_one_to_leave_stops_it() {
 
     let said = d.enter(&first, &[]);
     assert!(said.contains("starting"), "{said}");
-    wait_for("the devshell's nats-server answers", WITHIN, || {
-        d.answers().then_some(()).ok_or("port closed")
+    // the server may answer before its supervisor has recorded its pid: wait for both
+    let (server, supervisor) = wait_for("the devshell's nats-server answers", WITHIN, || {
+        match (
+            d.answers(),
+            d.pid_file("nats.pid"),
+            d.pid_file("supervisor.pid"),
+        ) {
+            (true, Some(server), Some(supervisor)) => Ok((server, supervisor)),
+            seen => Err(seen),
+        }
     });
-    let server = d.pid_file("nats.pid").expect("nats.pid");
-    let supervisor = d.pid_file("supervisor.pid").expect("supervisor.pid");
 
     // a second shell joins the running server
     d.enter(&second, &[]);
@@ -166,11 +172,17 @@ fn a_killed_supervisor_leaves_no_orphan_server() {
     let d = Devshell::new();
     let mut shell = fake_shell();
     d.enter(&shell, &[]);
-    wait_for("the devshell's nats-server answers", WITHIN, || {
-        d.answers().then_some(()).ok_or("port closed")
+    // the server may answer before its supervisor has recorded its pid: wait for both
+    let (server, supervisor) = wait_for("the devshell's nats-server answers", WITHIN, || {
+        match (
+            d.answers(),
+            d.pid_file("nats.pid"),
+            d.pid_file("supervisor.pid"),
+        ) {
+            (true, Some(server), Some(supervisor)) => Ok((server, supervisor)),
+            seen => Err(seen),
+        }
     });
-    let server = d.pid_file("nats.pid").expect("nats.pid");
-    let supervisor = d.pid_file("supervisor.pid").expect("supervisor.pid");
     let status = Command::new("kill")
         .args(["-KILL", &supervisor.to_string()])
         .status()

@@ -13,7 +13,7 @@ use platform::http::{ApiQuery, parse_id};
 use platform::problem::Problem;
 use serde::Deserialize;
 use serde_json::json;
-use shared::{AggregateId, TenantId};
+use shared::TenantId;
 use tokio::time::Instant;
 
 use crate::engine::ViewRuntime;
@@ -51,6 +51,13 @@ pub fn routes(
             generations,
             min_position_timeout,
         })
+}
+
+/// A document key from the path or query: one or more id tokens joined by `.` (e.g. `summary`,
+/// `account.a-1`); anything else is a 400 problem and never reaches a subject.
+fn parse_key(key: &str) -> Result<String, Problem> {
+    crate::view::validate_key(key).map_err(|e| Problem::invalid_id(e.to_string()))?;
+    Ok(key.to_owned())
 }
 
 fn unavailable(e: &StoreError) -> Problem {
@@ -118,7 +125,7 @@ pub(crate) struct ReadQuery {
     params(
         ("tenant" = String, Path, description = "Tenant id"),
         ("view" = String, Path, description = "View name: accounts or tenant-summary"),
-        ("key" = String, Path, description = "Document key: the account id for accounts, `summary` for tenant-summary"),
+        ("key" = String, Path, description = "Document key, id tokens joined by `.`: the account id for accounts; `summary` or `account.<id>` for tenant-summary"),
         ReadQuery,
     ),
     responses(
@@ -136,16 +143,16 @@ pub(crate) async fn get_doc(
     ApiQuery(q): ApiQuery<ReadQuery>,
 ) -> Result<Response, Problem> {
     let tenant: TenantId = parse_id(&tenant)?;
-    let key: AggregateId = parse_id(&key)?;
+    let key = parse_key(&key)?;
     let rt = s.view(&view)?;
     s.wait_for(&rt, q.min_position).await?;
-    let full = ViewRuntime::full_key(tenant.as_str(), key.as_str());
+    let full = ViewRuntime::full_key(tenant.as_str(), &key);
     let doc = store::read_doc(&rt.docs, &full)
         .await
         .map_err(|e| unavailable(&e))?
         .filter(|d| !d.is_deleted())
         .ok_or_else(|| Problem::not_found(format!("view {view} has no document {key:?}")))?;
-    Ok(axum::Json(store::doc_json(key.as_str(), &doc)).into_response())
+    Ok(axum::Json(store::doc_json(&key, &doc)).into_response())
 }
 
 /// Query of document lists.
@@ -189,19 +196,14 @@ pub(crate) async fn list(
         return Err(Problem::invalid_query("limit must be between 1 and 1000"));
     }
     let after = match &q.after {
-        Some(a) => Some(parse_id::<AggregateId>(a)?),
+        Some(a) => Some(parse_key(a)?),
         None => None,
     };
     let rt = s.view(&view)?;
     s.wait_for(&rt, q.min_position).await?;
-    let page = store::list_docs(
-        &rt.docs,
-        &tenant,
-        after.as_ref().map(AggregateId::as_str),
-        limit,
-    )
-    .await
-    .map_err(|e| unavailable(&e))?;
+    let page = store::list_docs(&rt.docs, &tenant, after.as_deref(), limit)
+        .await
+        .map_err(|e| unavailable(&e))?;
     Ok(axum::Json(json!({"items": page.items, "next": page.next})).into_response())
 }
 
@@ -261,7 +263,7 @@ pub(crate) async fn retry(
         let ok = parts.len() == 3
             && parts[0].parse::<TenantId>().is_ok()
             && parts[1].parse::<shared::AggregateType>().is_ok()
-            && parts[2].parse::<AggregateId>().is_ok();
+            && parts[2].parse::<shared::AggregateId>().is_ok();
         if !ok {
             return Err(Problem::invalid_query(
                 "aggregate must be <tenant>.<type>.<id>",
@@ -269,7 +271,10 @@ pub(crate) async fn retry(
         }
     }
     let report = rt
-        .retry(q.aggregate.as_deref())
+        .retry(crate::engine::RetryFilter {
+            aggregate: q.aggregate.as_deref(),
+            transient_only: false,
+        })
         .await
         .map_err(|e| unavailable(&e))?;
     if report.failed.is_empty() {

@@ -169,6 +169,7 @@ impl App {
 /// Connects, makes sure the stream, the buckets and the consumers are there and compatible.
 /// Nothing is consumed until [`App::spawn_projectors`].
 pub async fn start(config: &Config, views: Vec<Arc<dyn View>>) -> anyhow::Result<App> {
+    view::validate_views(&views)?;
     let client = platform::nats::connect(&config.nats, "projection", &config.service.instance())
         .await
         .map_err(|e| anyhow::anyhow!("connecting to NATS: {e}"))?;

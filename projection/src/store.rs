@@ -4,8 +4,9 @@
 //!   `_checkpoint` = `{"position": N}`: every event up to stream sequence N is applied, skipped
 //!   or parked. Every document carries `_position`, the stream sequence of the last event
 //!   applied to it.
-//! - `PARKED_<name>_v<version>`: `msg.<20-digit seq>` = a [`ParkedRecord`] and
-//!   `agg.<tenant>.<type>.<id>` = a [`ParkMark`] while an aggregate has parked events.
+//! - `PARKED_<name>_v<version>`: `msg.<20-digit seq>` = a [`ParkedRecord`];
+//!   `agg.<tenant>.<type>.<id>` and `doc.<tenant>.<key>` = a [`ParkMark`] while an aggregate or a
+//!   document has parked events (later events touching it are parked behind them).
 
 use std::collections::BTreeMap;
 
@@ -134,6 +135,8 @@ pub async fn open_bucket(
                 allow_rollup: true,
                 deny_delete: true,
                 allow_direct: false,
+                // the engine commits a batch's documents and checkpoint in one atomic batch
+                allow_atomic_publish: true,
                 num_replicas: replicas.max(1),
                 discard: jetstream::stream::DiscardPolicy::New,
                 ..Default::default()
@@ -144,10 +147,23 @@ pub async fn open_bucket(
             tracing::debug!(bucket = name, error = %e, "creating the bucket failed");
         }
     }
-    let store = js
+    let mut store = js
         .get_key_value(name)
         .await
         .map_err(|e| StoreError::new(format!("opening bucket {name}"), e))?;
+    if !store.stream.cached_info().config.allow_atomic_publish {
+        // a bucket made before atomic commits: allowing them changes nothing else
+        let mut config = store.stream.cached_info().config.clone();
+        config.allow_atomic_publish = true;
+        js.update_stream(config)
+            .await
+            .map_err(|e| StoreError::new(format!("allowing atomic batches on {name}"), e))?;
+        tracing::info!(bucket = name, "bucket now allows atomic batch commits");
+        store = js
+            .get_key_value(name)
+            .await
+            .map_err(|e| StoreError::new(format!("opening bucket {name}"), e))?;
+    }
     if store.stream.cached_info().config.allow_direct {
         tracing::warn!(
             bucket = name,
@@ -354,9 +370,41 @@ pub struct ParkedRecord {
     pub aggregate: Option<String>,
     /// When it was parked (RFC 3339).
     pub parked_at: String,
+    /// The marks that hold back later events behind it (`agg.<tenant>.<type>.<id>` and
+    /// `doc.<tenant>.<key>` per document it touches). Absent in records written before
+    /// documents were held: then its aggregate's mark.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub holds: Vec<String>,
+    /// Parked for a transient reason (storage): the background retrier releases it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub transient: bool,
 }
 
-/// Marks an aggregate as parked: its later events are parked behind `first_seq`.
+impl ParkedRecord {
+    /// The marks this record holds.
+    pub fn hold_keys(&self) -> Vec<String> {
+        if self.holds.is_empty() {
+            self.aggregate
+                .iter()
+                .map(|a| format!("{AGGREGATE_MARK_PREFIX}{a}"))
+                .collect()
+        } else {
+            self.holds.clone()
+        }
+    }
+}
+
+/// Prefix of an aggregate's mark in the parked bucket.
+pub const AGGREGATE_MARK_PREFIX: &str = "agg.";
+/// Prefix of a document's mark in the parked bucket (`doc.<tenant>.<key>`).
+pub const DOCUMENT_MARK_PREFIX: &str = "doc.";
+
+/// `doc.<stored key>`.
+pub fn doc_mark_key(stored_key: &str) -> String {
+    format!("{DOCUMENT_MARK_PREFIX}{stored_key}")
+}
+
+/// Marks an aggregate or a document as held: its later events are parked behind `first_seq`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ParkMark {
     /// The first parked event of the aggregate.
@@ -373,7 +421,7 @@ pub fn parked_msg_key(seq: u64) -> String {
 
 /// `agg.<tenant>.<type>.<id>`.
 pub fn park_mark_key(address: &AggregateAddress) -> String {
-    format!("agg.{}", aggregate_token(address))
+    format!("{AGGREGATE_MARK_PREFIX}{}", aggregate_token(address))
 }
 
 /// `<tenant>.<type>.<id>`.
@@ -399,17 +447,18 @@ pub(crate) async fn parked_records(kv: &kv::Store) -> Result<Vec<ParkedRecord>, 
     Ok(out)
 }
 
-/// Every park mark: aggregate token → (mark, revision).
+/// Every mark: mark key (`agg.…` or `doc.…`) → (mark, revision).
 pub(crate) async fn park_marks(
     kv: &kv::Store,
 ) -> Result<BTreeMap<String, (ParkMark, u64)>, StoreError> {
     let mut out = BTreeMap::new();
-    for k in keys_under(kv, "agg.").await? {
-        if let Some(d) = read_doc(kv, &k).await?
-            && let Ok(m) = serde_json::from_value::<ParkMark>(d.doc)
-            && let Some(token) = k.strip_prefix("agg.")
-        {
-            out.insert(token.to_owned(), (m, d.revision));
+    for prefix in [AGGREGATE_MARK_PREFIX, DOCUMENT_MARK_PREFIX] {
+        for k in keys_under(kv, prefix).await? {
+            if let Some(d) = read_doc(kv, &k).await?
+                && let Ok(m) = serde_json::from_value::<ParkMark>(d.doc)
+            {
+                out.insert(k, (m, d.revision));
+            }
         }
     }
     Ok(out)

@@ -1,9 +1,15 @@
 //! The view abstraction: a named, versioned fold of events into JSON documents.
 //!
-//! A view decides which document an event touches ([`View::key`]) and how it changes it
-//! ([`View::apply`]). Everything else (ordering, duplicates, storage, parking) is the engine's.
-//! Folds must be deterministic: the same document and event always give the same result, so a
+//! A view decides which documents an event touches ([`View::keys`]) and how it changes them
+//! ([`View::fold`]). Everything else (ordering, duplicates, storage, parking) is the engine's.
+//! A view whose events each touch one document implements [`View::key`] and [`View::apply`]
+//! instead; the defaults of `keys` and `fold` call them.
+//! Folds must be deterministic: the same documents and event always give the same result, so a
 //! rejected event is rejected again on retry and a replay rebuilds the same documents.
+//!
+//! No document may grow with a tenant's data: a view that needs state per aggregate keeps it
+//! under a key of its own (e.g. `account.<id>`) beside its summary documents, and the engine
+//! commits every document an event touched in one atomic write.
 
 use serde_json::Value;
 use shared::{EventEnvelope, ViewName};
@@ -14,7 +20,12 @@ pub const POSITION_FIELD: &str = "_position";
 /// duplicate after a delete).
 pub const DELETED_FIELD: &str = "_deleted";
 
-/// What folding one event into a document did.
+/// The most tokens a document key may have.
+pub const KEY_MAX_TOKENS: usize = 8;
+/// The most bytes of one key token (the id rule's limit).
+pub const KEY_TOKEN_MAX_BYTES: usize = 64;
+
+/// What folding one event into a single document did ([`View::apply`]).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Fold {
     /// The new document.
@@ -25,14 +36,12 @@ pub enum Fold {
     Unknown,
 }
 
-/// What folding one event into a document in place did ([`View::apply_in_place`]).
+/// What folding one event into its documents did ([`View::fold`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Change {
-    /// The document was changed (or created) in place.
-    Changed,
-    /// The document is deleted.
-    Deleted,
-    /// The view does not know this event type: the document was left as it was.
+pub enum Folded {
+    /// The documents set or deleted through [`Docs`] change.
+    Applied,
+    /// The view does not know this event type: nothing changes (counted as skipped).
     Unknown,
 }
 
@@ -55,9 +64,141 @@ pub enum ViewError {
         /// The event's version.
         got: u64,
     },
-    /// The event is not valid in the document's current state (e.g. a deposit before `opened`).
+    /// The event is not valid in the documents' current state (e.g. a deposit before `opened`).
     #[error("{0}")]
     State(String),
+    /// The fold wrote a document its [`View::keys`] did not name.
+    #[error("undeclared-key: the fold wrote {0:?}, which keys() did not name for this event")]
+    UndeclaredKey(String),
+}
+
+/// Why a document key is not valid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid-key: {key:?} is not a document key (1 to {KEY_MAX_TOKENS} tokens of \
+     [A-Za-z0-9_-], each 1 to {KEY_TOKEN_MAX_BYTES} bytes, joined by '.'): {reason}"
+)]
+pub struct KeyError {
+    /// The key.
+    pub key: String,
+    /// What is wrong.
+    pub reason: &'static str,
+}
+
+/// Checks a document key (within a tenant): 1 to [`KEY_MAX_TOKENS`] id tokens joined by `.`.
+/// A key built from such tokens cannot widen a NATS subject.
+pub fn validate_key(key: &str) -> Result<(), KeyError> {
+    let err = |reason| {
+        Err(KeyError {
+            key: key.chars().take(200).collect(),
+            reason,
+        })
+    };
+    if key.is_empty() {
+        return err("empty");
+    }
+    let tokens: Vec<&str> = key.split('.').collect();
+    if tokens.len() > KEY_MAX_TOKENS {
+        return err("too many tokens");
+    }
+    for t in tokens {
+        if t.is_empty() {
+            return err("empty token");
+        }
+        if t.len() > KEY_TOKEN_MAX_BYTES {
+            return err("token too long");
+        }
+        if !t
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return err("a token holds a character outside [A-Za-z0-9_-]");
+        }
+    }
+    Ok(())
+}
+
+/// Whether a document is absent or a tombstone.
+fn live(doc: Option<&Value>) -> Option<&Value> {
+    doc.filter(|d| d.get(DELETED_FIELD).and_then(Value::as_bool) != Some(true))
+}
+
+/// What the fold did to one document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Touch {
+    Unchanged,
+    Set,
+    Deleted,
+}
+
+/// One document handed to a fold.
+#[derive(Debug, Clone)]
+pub(crate) struct DocSlot {
+    pub(crate) key: String,
+    pub(crate) doc: Option<Value>,
+    pub(crate) touch: Touch,
+}
+
+/// The documents of one event, as [`View::keys`] named them, handed to [`View::fold`]: read
+/// them with [`Docs::get`], change them with [`Docs::set`] / [`Docs::delete`]. Nothing is
+/// stored unless the fold returns [`Folded::Applied`].
+#[derive(Debug, Clone, Default)]
+pub struct Docs {
+    pub(crate) slots: Vec<DocSlot>,
+}
+
+impl Docs {
+    /// The documents `keys` with their current contents (`None` = no document).
+    pub fn new(docs: impl IntoIterator<Item = (String, Option<Value>)>) -> Self {
+        Docs {
+            slots: docs
+                .into_iter()
+                .map(|(key, doc)| DocSlot {
+                    key,
+                    doc,
+                    touch: Touch::Unchanged,
+                })
+                .collect(),
+        }
+    }
+
+    fn slot(&mut self, key: &str) -> Result<&mut DocSlot, ViewError> {
+        self.slots
+            .iter_mut()
+            .find(|s| s.key == key)
+            .ok_or_else(|| ViewError::UndeclaredKey(key.to_owned()))
+    }
+
+    /// The document at `key` (`None`: none yet, deleted, or not one of the event's keys).
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        live(
+            self.slots
+                .iter()
+                .find(|s| s.key == key)
+                .and_then(|s| s.doc.as_ref()),
+        )
+    }
+
+    /// Replaces the document at `key`.
+    pub fn set(&mut self, key: &str, doc: Value) -> Result<(), ViewError> {
+        let slot = self.slot(key)?;
+        slot.doc = Some(doc);
+        slot.touch = Touch::Set;
+        Ok(())
+    }
+
+    /// Deletes the document at `key`.
+    pub fn delete(&mut self, key: &str) -> Result<(), ViewError> {
+        let slot = self.slot(key)?;
+        slot.doc = None;
+        slot.touch = Touch::Deleted;
+        Ok(())
+    }
+
+    /// The keys, in the order [`View::keys`] named them.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.slots.iter().map(|s| s.key.as_str())
+    }
 }
 
 /// A projection view. Implementations are pure and cheap to call.
@@ -66,33 +207,77 @@ pub trait View: Send + Sync + 'static {
     fn name(&self) -> ViewName;
     /// The fold's version: bumping it replays every event into a fresh bucket.
     fn version(&self) -> u32;
-    /// The key of the document this event touches, within the event's tenant: one id token
-    /// (`[A-Za-z0-9_-]`, at most 64 bytes). `None` = the event is not for this view. The stored
-    /// key is `<tenant>.<key>`.
-    fn key(&self, env: &EventEnvelope) -> Option<String>;
-    /// Folds the event into the document (`None` = no document yet). The engine has already
-    /// filtered duplicates and adds `_position` to the result.
-    fn apply(&self, doc: Option<Value>, env: &EventEnvelope) -> Result<Fold, ViewError>;
 
-    /// Folds the event into the document in place; this is what the engine calls. The
-    /// default copies the document and calls [`View::apply`], which is cheap for small
-    /// documents. A view whose documents grow large (one per tenant, say) overrides it to
-    /// change only what the event touches. Contract: on `Err` and on [`Change::Unknown`] the
-    /// document must be left exactly as it was (check everything before changing anything).
-    fn apply_in_place(
-        &self,
-        doc: &mut Option<Value>,
-        env: &EventEnvelope,
-    ) -> Result<Change, ViewError> {
-        Ok(match self.apply(doc.clone(), env)? {
-            Fold::Set(v) => {
-                *doc = Some(v);
-                Change::Changed
-            }
-            Fold::Delete => Change::Deleted,
-            Fold::Unknown => Change::Unknown,
-        })
+    /// The keys of the documents this event reads and writes, within the event's tenant, each
+    /// valid for [`validate_key`] (the stored key is `<tenant>.<key>`). Empty: the event is
+    /// not for this view. An event whose keys are invalid is parked (`invalid-key`). The
+    /// default: [`View::key`].
+    fn keys(&self, env: &EventEnvelope) -> Vec<String> {
+        self.key(env).into_iter().collect()
     }
+
+    /// Folds the event into the documents [`View::keys`] named. The engine has already
+    /// filtered duplicates and adds `_position` to every document it stores. On `Err` and on
+    /// [`Folded::Unknown`] nothing is stored. The default folds the first document through
+    /// [`View::apply`].
+    fn fold(&self, docs: &mut Docs, env: &EventEnvelope) -> Result<Folded, ViewError> {
+        let Some(key) = docs.keys().next().map(str::to_owned) else {
+            return Ok(Folded::Unknown);
+        };
+        match self.apply(docs.get(&key).cloned(), env)? {
+            Fold::Set(v) => docs.set(&key, v)?,
+            Fold::Delete => docs.delete(&key)?,
+            Fold::Unknown => return Ok(Folded::Unknown),
+        }
+        Ok(Folded::Applied)
+    }
+
+    /// Single-document views: the key of the document this event touches. `None` = the event
+    /// is not for this view.
+    fn key(&self, env: &EventEnvelope) -> Option<String> {
+        let _ = env;
+        None
+    }
+
+    /// Single-document views: folds the event into the document (`None` = no document yet).
+    fn apply(&self, doc: Option<Value>, env: &EventEnvelope) -> Result<Fold, ViewError> {
+        let _ = (doc, env);
+        Ok(Fold::Unknown)
+    }
+}
+
+/// Why a set of views cannot be served.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ViewDefinitionError {
+    /// Two views have the same name.
+    #[error("invalid view definition: two views are named {0:?}")]
+    DuplicateName(String),
+    /// A version of 0.
+    #[error("invalid view definition: view {0:?} has version 0 (versions start at 1)")]
+    VersionZero(String),
+    /// The bucket names would be longer than JetStream allows.
+    #[error("invalid view definition: view {0:?}: its bucket names would exceed 255 bytes")]
+    NameTooLong(String),
+}
+
+/// Checks the views a service is to serve, at start-up: unique names, versions from 1, bucket
+/// names JetStream accepts. Keys are checked per event (an invalid one parks the event).
+pub fn validate_views(views: &[std::sync::Arc<dyn View>]) -> Result<(), ViewDefinitionError> {
+    let mut seen = std::collections::BTreeSet::new();
+    for v in views {
+        let name = v.name().to_string();
+        if !seen.insert(name.clone()) {
+            return Err(ViewDefinitionError::DuplicateName(name));
+        }
+        if v.version() == 0 {
+            return Err(ViewDefinitionError::VersionZero(name));
+        }
+        // PARKED_<name>_v<version>_g<generation>, with a KV_ stream prefix
+        if name.len() + 40 > 255 {
+            return Err(ViewDefinitionError::NameTooLong(name));
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn payload_i64(env: &EventEnvelope, field: &str) -> Result<i64, ViewError> {
@@ -114,4 +299,45 @@ pub(crate) fn payload_str(env: &EventEnvelope, field: &str) -> Result<String, Vi
             event_type: env.event_type.clone(),
             detail: format!("`{field}` must be a string"),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_dotted_id_tokens() {
+        for ok in ["summary", "account.a-1", "a.b.c", &"x".repeat(64)] {
+            assert_eq!(validate_key(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            ".",
+            "a.",
+            ".a",
+            "a..b",
+            "a b",
+            "a*",
+            "a>",
+            "ä",
+            &"x".repeat(65),
+            "a.b.c.d.e.f.g.h.i",
+        ] {
+            let e = validate_key(bad).expect_err(bad);
+            assert!(e.to_string().starts_with("invalid-key"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_fold_may_only_write_its_declared_keys() {
+        let mut docs = Docs::new([("a".to_owned(), None)]);
+        assert_eq!(
+            docs.set("b", Value::Null),
+            Err(ViewError::UndeclaredKey("b".into()))
+        );
+        assert_eq!(docs.set("a", serde_json::json!({"x": 1})), Ok(()));
+        assert_eq!(docs.get("a"), Some(&serde_json::json!({"x": 1})));
+        assert_eq!(docs.delete("a"), Ok(()));
+        assert_eq!(docs.get("a"), None);
+    }
 }

@@ -4,7 +4,7 @@ use serde_json::{Map, Value, json};
 use shared::{EventEnvelope, ViewName};
 use time::format_description::well_known::Rfc3339;
 
-use crate::view::{Change, Fold, View, ViewError, payload_i64, payload_str};
+use crate::view::{Docs, Fold, Folded, View, ViewError, payload_i64, payload_str};
 
 const ACCOUNT: &str = "account";
 
@@ -87,20 +87,26 @@ impl View for Accounts {
     }
 }
 
-/// `tenant-summary`: one document per tenant, key = `summary` (stored as `<tenant>.summary`).
+/// `tenant-summary`: per tenant, one summary document (key `summary`) and one small entry per
+/// account (key `account.<id>`), both stored in the view's bucket under the tenant.
 ///
-/// Document: `{open_accounts, totals: {<currency>: balance}, accounts: {<id>: {currency,
-/// balance, open}}}`. Deposits and withdrawals do not carry the currency, so the document keeps a
-/// small entry per account (bound: one KV value holds the whole tenant, so with the default
-/// 1 MiB max payload a tenant can have roughly 15 000 accounts in this view). `open_accounts`
-/// and `totals` are kept up to date with each event's change to its account's entry, so an
-/// event costs the same however many accounts the tenant has; the unit tests check that they
-/// always equal what the entries add up to.
+/// Summary: `{open_accounts, account_count, totals: {<currency>: balance}, last_event_at}`;
+/// entry: `{currency, balance, open}`. Deposits and withdrawals do not carry the currency, so
+/// the entry remembers it. Each event reads and writes exactly its account's entry and the
+/// summary (the engine commits both atomically), so no document grows with the number of
+/// accounts and an event costs the same for a tenant with one account or a million. Version 2:
+/// version 1 kept every entry inside the summary, which outgrew the 1 MiB value limit at about
+/// 20 000 accounts.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TenantSummary;
 
 /// The URL / storage key of a tenant's summary document.
 pub const SUMMARY_KEY: &str = "summary";
+
+/// The key of an account's entry in `tenant-summary`.
+pub fn summary_entry_key(account: &str) -> String {
+    format!("account.{account}")
+}
 
 impl View for TenantSummary {
     fn name(&self) -> ViewName {
@@ -108,41 +114,29 @@ impl View for TenantSummary {
     }
 
     fn version(&self) -> u32 {
-        1
+        2
     }
 
-    fn key(&self, env: &EventEnvelope) -> Option<String> {
-        (env.aggregate_type.as_str() == ACCOUNT).then(|| SUMMARY_KEY.to_owned())
+    fn keys(&self, env: &EventEnvelope) -> Vec<String> {
+        if env.aggregate_type.as_str() != ACCOUNT {
+            return Vec::new();
+        }
+        vec![
+            SUMMARY_KEY.to_owned(),
+            summary_entry_key(env.aggregate_id.as_str()),
+        ]
     }
 
-    fn apply(&self, doc: Option<Value>, env: &EventEnvelope) -> Result<Fold, ViewError> {
-        let mut doc = doc;
-        Ok(match self.apply_in_place(&mut doc, env)? {
-            Change::Changed => Fold::Set(doc.unwrap_or(Value::Null)),
-            Change::Deleted => Fold::Delete,
-            Change::Unknown => Fold::Unknown,
-        })
-    }
-
-    /// Touches only this account's entry and its currency's total: the cost of an event does
-    /// not grow with the tenant's accounts (the engine does not copy the document either).
-    fn apply_in_place(
-        &self,
-        doc: &mut Option<Value>,
-        env: &EventEnvelope,
-    ) -> Result<Change, ViewError> {
+    /// Touches only this account's entry and the summary's counters.
+    fn fold(&self, docs: &mut Docs, env: &EventEnvelope) -> Result<Folded, ViewError> {
         let id = env.aggregate_id.as_str();
+        let entry_key = summary_entry_key(id);
         let state_err = |what: &str| ViewError::State(format!("account {id}: {what}"));
-        let entry = doc
-            .as_ref()
-            .and_then(|d| d.get("accounts"))
-            .and_then(|a| a.get(id))
-            .map(|e| Entry {
-                currency: e.get("currency").and_then(Value::as_str).map(str::to_owned),
-                balance: e.get("balance").and_then(Value::as_i64).unwrap_or(0),
-                open: e.get("open").and_then(Value::as_bool) == Some(true),
-            });
-        // everything is checked before anything changes
+        let entry = docs.get(&entry_key).map(|e| Entry {
+            currency: e.get("currency").and_then(Value::as_str).map(str::to_owned),
+            balance: e.get("balance").and_then(Value::as_i64).unwrap_or(0),
+            open: e.get("open").and_then(Value::as_bool) == Some(true),
+        });
         let updated = match (env.event_type.as_str(), entry.clone()) {
             ("opened", None) => Entry {
                 currency: Some(payload_str(env, "currency")?),
@@ -167,33 +161,32 @@ impl View for TenantSummary {
                 e
             }
             ("closed", None) => return Err(state_err("closed before opened")),
-            _ => return Ok(Change::Unknown),
+            _ => return Ok(Folded::Unknown),
         };
-        if !matches!(doc, Some(Value::Object(_))) {
-            *doc = Some(Value::Object(Map::new()));
-        }
-        let Some(Value::Object(doc)) = doc else {
-            unreachable!("made an object above")
+        let mut summary = match docs.get(SUMMARY_KEY) {
+            Some(Value::Object(m)) => m.clone(),
+            _ => Map::new(),
         };
-        let before = entry.unwrap_or_default();
-        let open = doc
-            .get("open_accounts")
-            .and_then(Value::as_i64)
-            .unwrap_or(0)
-            + i64::from(updated.open)
-            - i64::from(before.open);
-        doc.insert("open_accounts".into(), json!(open));
+        let counter =
+            |m: &Map<String, Value>, f: &str| m.get(f).and_then(Value::as_i64).unwrap_or(0);
+        let before = entry.clone().unwrap_or_default();
+        let open =
+            counter(&summary, "open_accounts") + i64::from(updated.open) - i64::from(before.open);
+        summary.insert("open_accounts".into(), json!(open));
+        let count = counter(&summary, "account_count") + i64::from(entry.is_none());
+        summary.insert("account_count".into(), json!(count));
         if let Some(c) = &updated.currency {
-            let totals = object_field(doc, "totals");
+            let totals = object_field(&mut summary, "totals");
             let t = totals.get(c).and_then(Value::as_i64).unwrap_or(0);
             totals.insert(
                 c.clone(),
                 json!(t.saturating_add(updated.balance.saturating_sub(before.balance))),
             );
         }
-        object_field(doc, "accounts").insert(id.to_owned(), updated.to_json());
-        doc.insert("last_event_at".into(), timestamp(env));
-        Ok(Change::Changed)
+        summary.insert("last_event_at".into(), timestamp(env));
+        docs.set(SUMMARY_KEY, Value::Object(summary))?;
+        docs.set(&entry_key, updated.to_json())?;
+        Ok(Folded::Applied)
     }
 }
 
@@ -227,6 +220,8 @@ fn object_field<'a>(doc: &'a mut Map<String, Value>, field: &str) -> &'a mut Map
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     fn env(id: &str, version: Option<u64>, ty: &str, payload: Value) -> EventEnvelope {
@@ -289,51 +284,98 @@ mod tests {
         );
     }
 
+    /// A tiny in-memory engine: folds `event` into `store` the way the engine does (every
+    /// document the view names, all or nothing).
+    fn fold_into(
+        store: &mut BTreeMap<String, Value>,
+        v: &dyn View,
+        event: &EventEnvelope,
+    ) -> Result<Folded, ViewError> {
+        let mut docs = Docs::new(v.keys(event).into_iter().map(|k| {
+            let d = store.get(&k).cloned();
+            (k, d)
+        }));
+        let r = v.fold(&mut docs, event);
+        if r == Ok(Folded::Applied) {
+            for s in docs.slots {
+                match s.doc {
+                    Some(d) => store.insert(s.key, d),
+                    None => store.remove(&s.key),
+                };
+            }
+        }
+        r
+    }
+
+    fn opened(id: &str, currency: &str) -> EventEnvelope {
+        env(
+            id,
+            None,
+            "opened",
+            json!({"owner": "O", "currency": currency}),
+        )
+    }
+
     #[test]
     fn summary_totals_are_derived() {
         let v = TenantSummary;
-        let d = set(v
-            .apply(
-                None,
-                &env(
-                    "a",
-                    None,
-                    "opened",
-                    json!({"owner": "A", "currency": "EUR"}),
-                ),
-            )
-            .expect("open a"));
-        let d = set(v
-            .apply(
-                Some(d),
-                &env(
-                    "b",
-                    None,
-                    "opened",
-                    json!({"owner": "B", "currency": "USD"}),
-                ),
-            )
-            .expect("open b"));
-        let d = set(v
-            .apply(Some(d), &env("a", None, "deposited", json!({"amount": 5})))
-            .expect("dep"));
-        let d = set(v
-            .apply(Some(d), &env("b", None, "closed", json!({})))
-            .expect("close"));
+        let mut store = BTreeMap::new();
+        for e in [
+            opened("a", "EUR"),
+            opened("b", "USD"),
+            env("a", None, "deposited", json!({"amount": 5})),
+            env("b", None, "closed", json!({})),
+        ] {
+            assert_eq!(fold_into(&mut store, &v, &e), Ok(Folded::Applied));
+        }
+        let d = &store[SUMMARY_KEY];
         assert_eq!(d["open_accounts"], 1);
+        assert_eq!(d["account_count"], 2);
         assert_eq!(d["totals"]["EUR"], 5);
         assert_eq!(d["totals"]["USD"], 0);
-        assert!(
-            v.apply(Some(d), &env("z", None, "deposited", json!({"amount": 1})))
-                .is_err()
+        assert!(d.get("accounts").is_none(), "no per-account map: {d}");
+        assert_eq!(
+            store["account.a"],
+            json!({"currency": "EUR", "balance": 5, "open": true})
         );
+        let before = store.clone();
+        assert!(
+            fold_into(
+                &mut store,
+                &v,
+                &env("z", None, "deposited", json!({"amount": 1}))
+            )
+            .is_err()
+        );
+        assert_eq!(store, before, "a refused event changes nothing");
     }
 
-    /// What `open_accounts` and `totals` must be: recomputed from the entries.
-    fn derived(doc: &Value) -> (i64, Map<String, Value>) {
+    #[test]
+    fn the_summary_does_not_grow_with_the_accounts() {
+        let v = TenantSummary;
+        let mut store = BTreeMap::new();
+        let mut sizes = Vec::new();
+        for i in 0..5_000 {
+            fold_into(&mut store, &v, &opened(&format!("acc{i:05}"), "EUR")).expect("open");
+            if i == 9 || i == 4_999 {
+                sizes.push(serde_json::to_vec(&store[SUMMARY_KEY]).expect("json").len());
+            }
+        }
+        assert_eq!(store[SUMMARY_KEY]["open_accounts"], 5_000);
+        // only the counters' digits grow
+        assert!(sizes[1] <= sizes[0] + 8, "summary sizes {sizes:?}");
+    }
+
+    /// What `open_accounts`, `account_count` and `totals` must be: recomputed from the entries.
+    fn derived(store: &BTreeMap<String, Value>) -> (i64, i64, Map<String, Value>) {
         let mut totals = Map::new();
         let mut open = 0;
-        for e in doc["accounts"].as_object().expect("accounts").values() {
+        let mut count = 0;
+        for (k, e) in store {
+            if !k.starts_with("account.") {
+                continue;
+            }
+            count += 1;
             open += i64::from(e["open"] == json!(true));
             let c = e["currency"].as_str().expect("currency");
             let t = totals.get(c).and_then(Value::as_i64).unwrap_or(0);
@@ -342,18 +384,18 @@ mod tests {
                 json!(t + e["balance"].as_i64().expect("balance")),
             );
         }
-        (open, totals)
+        (open, count, totals)
     }
 
     proptest::proptest! {
         /// Whatever the events (valid or refused, in any order), the incrementally kept
-        /// `open_accounts` and `totals` equal what the entries add up to.
+        /// counters equal what the entries add up to, and a refused event changes nothing.
         #[test]
         fn summary_counters_always_match_the_entries(
             events in proptest::collection::vec((0u8..6, 0u8..4, 0i64..1000), 1..200)
         ) {
             let v = TenantSummary;
-            let mut doc: Option<Value> = None;
+            let mut store: BTreeMap<String, Value> = BTreeMap::new();
             for (account, kind, amount) in events {
                 let id = format!("a{account}");
                 let currency = if account % 2 == 0 { "EUR" } else { "USD" };
@@ -363,25 +405,17 @@ mod tests {
                     2 => ("withdrawn", json!({"amount": amount})),
                     _ => ("closed", json!({})),
                 };
-                let event = env(&id, None, ty, payload);
-                // the in-place fold agrees with the copying one, and leaves a refused
-                // document exactly as it was
-                let mut in_place = doc.clone();
-                let change = v.apply_in_place(&mut in_place, &event);
-                match v.apply(doc.clone(), &event) {
-                    Ok(Fold::Set(d)) => {
-                        proptest::prop_assert_eq!(change, Ok(Change::Changed));
-                        proptest::prop_assert_eq!(in_place.as_ref(), Some(&d));
-                        let (open, totals) = derived(&d);
+                let before = store.clone();
+                match fold_into(&mut store, &v, &env(&id, None, ty, payload)) {
+                    Ok(Folded::Applied) => {
+                        let (open, count, totals) = derived(&store);
+                        let d = &store[SUMMARY_KEY];
                         proptest::prop_assert_eq!(&d["open_accounts"], &json!(open));
+                        proptest::prop_assert_eq!(&d["account_count"], &json!(count));
                         proptest::prop_assert_eq!(&d["totals"], &Value::Object(totals));
-                        doc = Some(d);
                     }
                     Ok(other) => proptest::prop_assert!(false, "unexpected {:?}", other),
-                    Err(ViewError::State(_)) => {
-                        proptest::prop_assert!(change.is_err());
-                        proptest::prop_assert_eq!(&in_place, &doc);
-                    }
+                    Err(ViewError::State(_)) => proptest::prop_assert_eq!(&store, &before),
                     Err(e) => proptest::prop_assert!(false, "unexpected {}", e),
                 }
             }

@@ -25,8 +25,8 @@ use crate::harness::{Stack, Topology, poll};
 use crate::report::{Report, ms};
 use crate::workload::{Client, Outcome, Workload};
 
-const VIEW_DURABLES: [&str; 2] = ["view-accounts-v1", "view-tenant-summary-v1"];
-const VIEW_BUCKETS: [&str; 2] = ["VIEW_accounts_v1", "VIEW_tenant-summary_v1"];
+const VIEW_DURABLES: [&str; 2] = ["view-accounts-v1", "view-tenant-summary-v2"];
+const VIEW_BUCKETS: [&str; 2] = ["VIEW_accounts_v1", "VIEW_tenant-summary_v2"];
 
 /// An account folded from the stream.
 #[derive(Debug, Default, Clone)]
@@ -299,8 +299,13 @@ pub(crate) async fn check(stack: &Stack, w: &Workload, out: &Outcome, report: &m
                 doc["open_accounts"]
             ));
         }
+        // the summary's per-account entries live under their own keys (`account.<id>`)
+        let entries = list_view(&client, tenant, "tenant-summary").await;
         for (id, f) in &mine {
-            let e = &doc["accounts"][*id];
+            let e = entries
+                .get(&format!("account.{id}"))
+                .cloned()
+                .unwrap_or(Value::Null);
             if e["balance"].as_i64() != Some(f.balance)
                 || e["open"].as_bool() != Some(f.status == "open")
             {
@@ -435,12 +440,17 @@ async fn get_json(client: &Client, path: &str) -> Value {
 
 /// Every `accounts` document of a tenant (pages of 1000), by id.
 async fn list_accounts(client: &Client, tenant: &str) -> BTreeMap<String, Value> {
+    list_view(client, tenant, "accounts").await
+}
+
+/// Every document of `tenant` in `view`, by key, read page by page.
+async fn list_view(client: &Client, tenant: &str, view: &str) -> BTreeMap<String, Value> {
     let mut docs = BTreeMap::new();
     let mut after: Option<String> = None;
     loop {
         let path = match &after {
-            Some(a) => format!("/v1/tenants/{tenant}/views/accounts?limit=1000&after={a}"),
-            None => format!("/v1/tenants/{tenant}/views/accounts?limit=1000"),
+            Some(a) => format!("/v1/tenants/{tenant}/views/{view}?limit=1000&after={a}"),
+            None => format!("/v1/tenants/{tenant}/views/{view}?limit=1000"),
         };
         let page = get_json(client, &path).await;
         for item in page["items"].as_array().expect("items") {

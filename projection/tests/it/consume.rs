@@ -87,7 +87,11 @@ async fn aggregate_events_legacy_and_future_envelopes_all_apply() {
     assert_eq!(body["document"]["version"], 3);
     assert_eq!(body["position"], seq);
 
-    let (status, body) = p.get("/v1/tenants/acme/views/tenant-summary/summary").await;
+    let (status, body) = p
+        .get(&format!(
+            "/v1/tenants/acme/views/tenant-summary/summary?min_position={seq}"
+        ))
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["document"]["open_accounts"], 3);
     assert_eq!(body["document"]["totals"]["EUR"], 1200);

@@ -133,7 +133,9 @@ async fn client_errors_are_problems_of_the_right_class() {
         "/v1/tenants/a.b/views/accounts/x",
         "/v1/tenants/%2A/views/accounts/x",
         "/v1/tenants/acme/views/accounts/%3E",
-        "/v1/tenants/acme/views/accounts/a.b",
+        "/v1/tenants/acme/views/accounts/a..b",
+        "/v1/tenants/acme/views/accounts/a.",
+        "/v1/tenants/acme/views/accounts?after=a*",
         "/v1/tenants/a%20b/views/accounts",
     ] {
         let (status, body) = p.get(uri).await;

@@ -4,4 +4,5 @@ mod consume;
 mod http;
 mod parking;
 mod rebuild;
+mod scale;
 mod support;

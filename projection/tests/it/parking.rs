@@ -9,7 +9,6 @@ use crate::support::*;
 
 const P1: &str = "tenant.acme.aggregate.account.p1";
 const P2: &str = "tenant.acme.aggregate.account.p2";
-const P3: &str = "tenant.acme.aggregate.account.p3";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_poison_event_parks_its_aggregate_until_skipped_and_retried() {
@@ -179,84 +178,97 @@ async fn limit_document_size(client: &async_nats::Client, bucket: &str, max_byte
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_event_that_keeps_failing_to_store_is_parked_after_max_deliver_and_only_it() {
+async fn a_document_over_the_bucket_limit_is_parked_at_once_and_holds_back_only_its_documents() {
     let server = NatsServer::start();
-    let extra = ["--max-deliver", "3"];
-    let open = |id: &str, owner: &str| {
+    let open = |tenant: &str, id: &str, owner: &str| {
         envelope(
-            "acme",
+            tenant,
             id,
             Some(1),
             "opened",
             json!({"owner": owner, "currency": "EUR"}),
         )
     };
-    let p = projection_with(&server, &extra, projection::default_views()).await;
+    let p = projection(&server).await;
     let client = p.app.client.clone();
-    let first = publish_raw(&client, P2, open("p2", "B")).await;
+    let first = publish_raw(&client, P2, open("acme", "p2", "B")).await;
     p.caught_up("accounts", first, Duration::from_secs(30))
         .await;
     let bucket = p.view("accounts").docs.name.clone();
     p.stop().await;
 
+    // the bucket takes 512-byte values: p1's document would be far larger
     limit_document_size(&client, &bucket, 512).await;
-    // both arrive in the first batch of the next instance: the big document fails to store on
-    // every delivery, the small one would store fine
-    let big = publish_raw(&client, P1, open("p1", &"x".repeat(2000))).await;
+    let big = publish_raw(&client, P1, open("acme", "p1", &"x".repeat(2000))).await;
     let innocent = publish_raw(
         &client,
         P2,
         envelope("acme", "p2", Some(2), "deposited", json!({"amount": 7})),
     )
     .await;
-    let p = projection_with(&server, &extra, projection::default_views()).await;
-    p.caught_up("accounts", innocent, Duration::from_secs(60))
+    let behind = publish_raw(
+        &client,
+        P1,
+        envelope("acme", "p1", Some(2), "deposited", json!({"amount": 5})),
+    )
+    .await;
+    let other = publish_raw(
+        &client,
+        "tenant.globex.aggregate.account.g1",
+        open("globex", "g1", "G"),
+    )
+    .await;
+    // max_deliver 10 and a 2 s ack_wait: a redelivery loop would take minutes; parking at
+    // once lets the other tenant's read-your-writes answer within its 5 s wait
+    let p = projection(&server).await;
+    let (status, body) = p
+        .get(&format!(
+            "/v1/tenants/globex/views/accounts/g1?min_position={other}"
+        ))
         .await;
+    assert_eq!(status, 200, "another tenant's read-your-writes: {body}");
+    let (status, body) = p
+        .get(&format!(
+            "/v1/tenants/acme/views/accounts/p2?min_position={innocent}"
+        ))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["document"]["balance"], 7, "{body}");
 
     let (status, body) = p.get("/v1/admin/views/accounts/parked").await;
     assert_eq!(status, 200);
     let parked = body["parked"].as_array().expect("list").clone();
     let seqs: Vec<u64> = parked.iter().filter_map(|r| r["seq"].as_u64()).collect();
-    assert_eq!(seqs, vec![big], "only the failing event is parked: {body}");
+    assert_eq!(seqs, vec![big, behind], "{body}");
     let error = parked[0]["error"].as_str().expect("error");
     assert!(
-        error.starts_with("retryable failure after 3 deliveries"),
+        error.starts_with("document-too-large: acme.p1 would be ")
+            && error.ends_with("bytes; the bucket holds at most 256"),
         "{error}"
     );
     assert_eq!(parked[0]["aggregate"], "acme.account.p1");
-    // the innocent event of the same batch was applied, not parked
-    let (_, body) = p.get("/v1/tenants/acme/views/accounts/p2").await;
-    assert_eq!(body["document"]["balance"], 7, "{body}");
+    assert_eq!(parked[1]["error"], format!("parked behind seq {big}"));
     let (status, _) = p.get("/v1/tenants/acme/views/accounts/p1").await;
     assert_eq!(status, 404);
-
-    // a failing event that ends its batch: once it is parked the view moves past it
-    let last_big = publish_raw(&client, P3, open("p3", &"y".repeat(2000))).await;
-    let parked_too = eventually(Duration::from_secs(60), || async {
-        let (_, body) = p.get("/v1/admin/views/accounts/parked").await;
-        body["parked"]
-            .as_array()
-            .is_some_and(|l| l.iter().any(|r| r["seq"] == last_big))
-    })
-    .await;
-    assert!(parked_too, "seq {last_big} not parked");
-    let after = publish_raw(
-        &client,
-        P2,
-        envelope("acme", "p2", Some(3), "withdrawn", json!({"amount": 2})),
-    )
-    .await;
-    p.caught_up("accounts", after, Duration::from_secs(30))
+    // the other view's documents are small: it applied every event
+    let (status, body) = p
+        .get(&format!(
+            "/v1/tenants/acme/views/tenant-summary/account.p1?min_position={other}"
+        ))
         .await;
-    let (_, body) = p.get("/v1/tenants/acme/views/accounts/p2").await;
+    assert_eq!(status, 200, "{body}");
     assert_eq!(body["document"]["balance"], 5, "{body}");
 
-    // once storage accepts them again, a retry applies them
+    // once the bucket takes them, a retry applies both, in order
     limit_document_size(&client, &bucket, -1).await;
     let (status, body) = p.post("/v1/admin/views/accounts/parked/retry").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["applied"], 2, "{body}");
+    assert_eq!(body["cleared"], json!(["acme.account.p1"]), "{body}");
     let (_, body) = p.get("/v1/tenants/acme/views/accounts/p1").await;
     assert_eq!(body["document"]["owner"].as_str().map(str::len), Some(2000));
+    assert_eq!(body["document"]["balance"], 5, "{body}");
+    let (_, body) = p.get("/v1/admin/views/accounts/parked").await;
+    assert_eq!(body["parked"], json!([]), "{body}");
     p.stop().await;
 }

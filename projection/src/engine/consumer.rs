@@ -1,0 +1,231 @@
+//! The durable consumer of a view version: its configuration, and creating, accepting or
+//! refusing the one the server has.
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PriorityPolicy, pull};
+
+use crate::store::StoreError;
+use crate::view::View;
+
+/// The priority group every instance pulls in.
+pub const PRIORITY_GROUP: &str = "projection";
+
+/// How the durable consumers are configured and pulled.
+#[derive(Debug, Clone, Copy)]
+pub struct ConsumerSettings {
+    /// Unacknowledged messages are redelivered after this long (first back-off step).
+    pub ack_wait: Duration,
+    /// Deliveries before a message that keeps failing for a retryable reason is parked.
+    pub max_deliver: i64,
+    /// A pinned instance that stops pulling for this long loses the pin to a standby.
+    pub priority_timeout: Duration,
+    /// Messages per batch (also the consumer's `max_ack_pending`).
+    pub batch: usize,
+    /// Expiry of each pull request (well below `priority_timeout`).
+    pub pull_expires: Duration,
+    /// Documents kept in memory between batches.
+    pub cache_capacity: usize,
+    /// Replicas of the view buckets.
+    pub replicas: usize,
+}
+
+impl Default for ConsumerSettings {
+    fn default() -> Self {
+        ConsumerSettings {
+            ack_wait: Duration::from_secs(30),
+            max_deliver: 10,
+            priority_timeout: Duration::from_secs(5),
+            batch: 500,
+            pull_expires: Duration::from_secs(1),
+            cache_capacity: 100_000,
+            replicas: 1,
+        }
+    }
+}
+
+impl ConsumerSettings {
+    /// The redelivery back-off: `ack_wait` doubling, capped at 10 minutes, `max_deliver - 1`
+    /// steps (the server requires fewer steps than deliveries).
+    pub fn backoff(&self) -> Vec<Duration> {
+        let steps = usize::try_from(self.max_deliver.max(2) - 1).unwrap_or(1);
+        (0..steps)
+            .map(|i| {
+                self.ack_wait
+                    .saturating_mul(1 << i.min(16))
+                    .min(Duration::from_secs(600).max(self.ack_wait))
+            })
+            .collect()
+    }
+
+    /// The consumer configuration of `view` in `generation` (0 unless rebuilt).
+    pub fn consumer_config(&self, view: &dyn View, generation: u32) -> pull::Config {
+        let name = shared::generation_consumer_name(&view.name(), view.version(), generation);
+        pull::Config {
+            durable_name: Some(name.clone()),
+            name: Some(name),
+            description: Some(format!(
+                "projection view {} v{}",
+                view.name(),
+                view.version()
+            )),
+            deliver_policy: DeliverPolicy::All,
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: self.ack_wait,
+            max_deliver: self.max_deliver,
+            backoff: self.backoff(),
+            filter_subject: shared::STREAM_FILTER.to_owned(),
+            max_ack_pending: i64::try_from(self.batch).unwrap_or(i64::MAX),
+            priority_policy: PriorityPolicy::PinnedClient,
+            priority_groups: vec![PRIORITY_GROUP.to_owned()],
+            priority_timeout: self.priority_timeout,
+            ..Default::default()
+        }
+    }
+}
+
+/// The differences that matter between the consumer we need and the one the server has.
+pub fn consumer_differences(
+    want: &pull::Config,
+    found: &jetstream::consumer::Config,
+) -> Vec<String> {
+    let mut diffs = Vec::new();
+    let mut check = |what: &str, same: bool, w: String, f: String| {
+        if !same {
+            diffs.push(format!("{what}: expected {w}, found {f}"));
+        }
+    };
+    let found_filter = if found.filter_subject.is_empty() && found.filter_subjects.len() == 1 {
+        found.filter_subjects[0].clone()
+    } else {
+        found.filter_subject.clone()
+    };
+    check(
+        "filter_subject",
+        found_filter == want.filter_subject,
+        want.filter_subject.clone(),
+        found_filter,
+    );
+    check(
+        "deliver_policy",
+        found.deliver_policy == want.deliver_policy,
+        format!("{:?}", want.deliver_policy),
+        format!("{:?}", found.deliver_policy),
+    );
+    check(
+        "ack_policy",
+        found.ack_policy == want.ack_policy,
+        format!("{:?}", want.ack_policy),
+        format!("{:?}", found.ack_policy),
+    );
+    check(
+        "ack_wait",
+        found.ack_wait == want.ack_wait,
+        format!("{:?}", want.ack_wait),
+        format!("{:?}", found.ack_wait),
+    );
+    check(
+        "max_deliver",
+        found.max_deliver == want.max_deliver,
+        want.max_deliver.to_string(),
+        found.max_deliver.to_string(),
+    );
+    check(
+        "backoff",
+        found.backoff == want.backoff,
+        format!("{:?}", want.backoff),
+        format!("{:?}", found.backoff),
+    );
+    check(
+        "max_ack_pending",
+        found.max_ack_pending == want.max_ack_pending,
+        want.max_ack_pending.to_string(),
+        found.max_ack_pending.to_string(),
+    );
+    check(
+        "priority_policy",
+        found.priority_policy == want.priority_policy,
+        format!("{:?}", want.priority_policy),
+        format!("{:?}", found.priority_policy),
+    );
+    check(
+        "priority_groups",
+        found.priority_groups == want.priority_groups,
+        format!("{:?}", want.priority_groups),
+        format!("{:?}", found.priority_groups),
+    );
+    check(
+        "priority_timeout",
+        found.priority_timeout == want.priority_timeout,
+        format!("{:?}", want.priority_timeout),
+        format!("{:?}", found.priority_timeout),
+    );
+    diffs
+}
+
+/// Why a projector cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The consumer exists with another configuration; it is never overwritten.
+    #[error(
+        "consumer {name} exists with a different configuration ({}); refusing to start. \
+         Delete the consumer (its view replays) or bump the view version",
+        .differences.join("; ")
+    )]
+    ConsumerMismatch {
+        /// The consumer name.
+        name: String,
+        /// One entry per difference.
+        differences: Vec<String>,
+    },
+    /// NATS could not be asked.
+    #[error("{what}: {source}")]
+    Nats {
+        /// What was being done.
+        what: String,
+        /// The error.
+        source: async_nats::Error,
+    },
+    /// A bucket could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Creates the consumer when missing, accepts it when its configuration matches, refuses it
+/// otherwise.
+pub async fn ensure_consumer(
+    js: &jetstream::Context,
+    want: &pull::Config,
+) -> Result<jetstream::consumer::Consumer<pull::Config>, StartError> {
+    let name = want.durable_name.clone().unwrap_or_default();
+    let nats = |what: &str, e: async_nats::Error| StartError::Nats {
+        what: format!("{what} {name}"),
+        source: e,
+    };
+    let stream = js
+        .get_stream(shared::STREAM_NAME)
+        .await
+        .map_err(|e| nats("reading the stream for consumer", e.into()))?;
+    match stream.consumer_info(&name).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == jetstream::context::ConsumerInfoErrorKind::NotFound => {
+            if let Err(create) = stream.create_consumer(want.clone()).await {
+                // another instance may have created it in between: compared below
+                tracing::debug!(consumer = %name, error = %create, "create consumer failed");
+            } else {
+                tracing::info!(consumer = %name, "created consumer");
+            }
+        }
+        Err(e) => return Err(nats("reading consumer", e.into())),
+    }
+    let consumer: jetstream::consumer::Consumer<pull::Config> = stream
+        .get_consumer(&name)
+        .await
+        .map_err(|e| nats("reading consumer", e))?;
+    let differences = consumer_differences(want, &consumer.cached_info().config);
+    if !differences.is_empty() {
+        return Err(StartError::ConsumerMismatch { name, differences });
+    }
+    Ok(consumer)
+}

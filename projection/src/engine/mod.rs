@@ -1,0 +1,154 @@
+//! Consumption: one durable pull consumer per view version, one active (pinned) instance,
+//! batches applied in stream order and acknowledged only after the view write committed.
+//!
+//! One module per job:
+//! - [`consumer`]: the consumer's configuration; create, accept or refuse the server's.
+//! - [`decode`]: a message's subject and body into an event.
+//! - [`fold`]: one event into the documents it touches (duplicates, `_position`, size limit).
+//! - [`commit`]: a batch's documents and checkpoint in one atomic, compare-and-set write.
+//! - [`parking`]: parked events and the marks that hold back later events of their documents.
+//! - [`admin`]: retry and skip of parked events.
+//! - [`projector`]: the consumer loop (order, batches, fail-over, acks).
+//! - [`lag`]: lag polling.
+
+pub mod admin;
+pub mod commit;
+pub mod consumer;
+pub mod decode;
+pub mod fold;
+pub mod lag;
+pub mod parking;
+pub mod projector;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use async_nats::jetstream::{self, kv};
+use shared::EventEnvelope;
+
+pub use admin::{Applied, RetryFilter, RetryReport};
+pub use consumer::{
+    ConsumerSettings, PRIORITY_GROUP, StartError, consumer_differences, ensure_consumer,
+};
+pub use decode::{DecodeError, DecodedEvent, decode, trace_id};
+pub use fold::ApplyError;
+pub use lag::poll_lag;
+pub use projector::Projector;
+
+use crate::metrics::{ViewLabels, ViewMetrics};
+use crate::store::{self, StoreError};
+use crate::view::{KeyError, View, validate_key};
+
+/// One view version: its fold, its buckets and metrics. Shared by the consumer loop and the HTTP
+/// handlers.
+pub struct ViewRuntime {
+    /// The fold.
+    pub view: Arc<dyn View>,
+    /// Documents and checkpoint.
+    pub docs: kv::Store,
+    /// Parked messages and marks.
+    pub parked: kv::Store,
+    /// Metrics.
+    pub metrics: ViewMetrics,
+    labels: ViewLabels,
+    /// Set while the consumer loop runs.
+    pub running: AtomicBool,
+    /// Which generation of the view version this is (0 unless rebuilt).
+    pub generation: u32,
+    js: jetstream::Context,
+    max_doc_bytes: AtomicUsize,
+}
+
+impl ViewRuntime {
+    /// Opens (creating when missing) the view's buckets.
+    pub async fn open(
+        js: &jetstream::Context,
+        view: Arc<dyn View>,
+        metrics: ViewMetrics,
+        replicas: usize,
+        generation: u32,
+    ) -> Result<Self, StoreError> {
+        let docs = store::open_bucket(
+            js,
+            &store::view_bucket(&*view, generation),
+            &format!("documents of view {} v{}", view.name(), view.version()),
+            replicas,
+        )
+        .await?;
+        let parked = store::open_bucket(
+            js,
+            &store::parked_bucket(&*view, generation),
+            &format!("parked events of view {} v{}", view.name(), view.version()),
+            replicas,
+        )
+        .await?;
+        let labels = ViewLabels {
+            view: view.name().to_string(),
+            version: view.version().to_string(),
+        };
+        for family in [
+            &metrics.applied,
+            &metrics.skipped,
+            &metrics.duplicate,
+            &metrics.parked,
+        ] {
+            // expose every series from the start, at zero
+            let _ = family.get_or_create(&labels);
+        }
+        let max_doc_bytes = commit::max_doc_bytes(
+            docs.stream.cached_info().config.max_message_size,
+            js.client().server_info().max_payload,
+        );
+        Ok(ViewRuntime {
+            view,
+            docs,
+            parked,
+            metrics,
+            labels,
+            running: AtomicBool::new(false),
+            generation,
+            js: js.clone(),
+            max_doc_bytes: AtomicUsize::new(max_doc_bytes),
+        })
+    }
+
+    /// The checkpoint position.
+    pub async fn checkpoint(&self) -> Result<u64, StoreError> {
+        Ok(store::read_checkpoint(&self.docs).await?.0)
+    }
+
+    /// The stored key of `key` within `tenant`.
+    pub fn full_key(tenant: &str, key: &str) -> String {
+        format!("{tenant}.{key}")
+    }
+
+    /// The largest document the view's bucket takes (as of the last [`Self::refresh_limits`]).
+    pub fn max_doc_bytes(&self) -> usize {
+        self.max_doc_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Re-reads the bucket's value limit (an operator may have changed it).
+    pub async fn refresh_limits(&self) {
+        let mut docs = self.docs.stream.clone();
+        if let Ok(info) = docs.info().await {
+            let limit = commit::max_doc_bytes(
+                info.config.max_message_size,
+                self.js.client().server_info().max_payload,
+            );
+            self.max_doc_bytes.store(limit, Ordering::Relaxed);
+        }
+    }
+
+    /// The documents `env` touches: (stored key, key within the tenant), validated, without
+    /// repeats, in the order the view named them.
+    pub fn event_keys(&self, env: &EventEnvelope) -> Result<Vec<(String, String)>, KeyError> {
+        let mut out: Vec<(String, String)> = Vec::new();
+        for key in self.view.keys(env) {
+            validate_key(&key)?;
+            if out.iter().all(|(_, k)| *k != key) {
+                out.push((Self::full_key(env.tenant_id.as_str(), &key), key));
+            }
+        }
+        Ok(out)
+    }
+}

@@ -16,7 +16,7 @@ use serde_json::json;
 use shared::TenantId;
 use tokio::time::Instant;
 
-use crate::engine::ViewRuntime;
+use crate::engine::{RebuildProgress, ViewRuntime, ViewStatus};
 use crate::rebuild::{Generations, RebuildStatus, ViewSlot};
 use crate::store::{self, StoreError};
 
@@ -39,6 +39,7 @@ pub fn routes(
     Router::new()
         .route("/v1/tenants/{tenant}/views/{view}", get(list))
         .route("/v1/tenants/{tenant}/views/{view}/{key}", get(get_doc))
+        .route("/v1/admin/views", get(list_views))
         .route("/v1/admin/views/{view}/parked", get(list_parked))
         .route("/v1/admin/views/{view}/parked/retry", post(retry))
         .route("/v1/admin/views/{view}/parked/{seq}/skip", post(skip))
@@ -134,7 +135,7 @@ pub(crate) struct ReadQuery {
         (status = 401, description = "Missing or invalid token", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
         (status = 403, description = "Tenant not granted, or not an admin token", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
         (status = 404, description = "Unknown view or no such document", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
-        (status = 503, description = "Position not reached in time, or NATS unavailable", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
+        (status = 503, description = "Position not reached in time (`position-not-reached`), the document held back by a parked event (`document-held`), or NATS unavailable", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn get_doc(
@@ -147,6 +148,26 @@ pub(crate) async fn get_doc(
     let rt = s.view(&view)?;
     s.wait_for(&rt, q.min_position).await?;
     let full = ViewRuntime::full_key(tenant.as_str(), &key);
+    if let Some(min) = q.min_position {
+        // position N reached means every event up to N is applied or parked: a parked one of
+        // this document would make the answer stale, so say so instead
+        if let Some(mark) = rt.held_since(&full).await.map_err(|e| unavailable(&e))?
+            && mark <= min
+        {
+            return Err(Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "document-held",
+                "Document held back by a parked event",
+            )
+            .detail(format!(
+                "an event of this document (stream position {mark}) is parked, so it does not \
+                 reflect position {min} yet; see GET /v1/admin/views/{view}/parked"
+            ))
+            .with("parked_from", mark)
+            .with("min_position", min)
+            .retry_after(1));
+        }
+    }
     let doc = store::read_doc(&rt.docs, &full)
         .await
         .map_err(|e| unavailable(&e))?
@@ -205,6 +226,45 @@ pub(crate) async fn list(
         .await
         .map_err(|e| unavailable(&e))?;
     Ok(axum::Json(json!({"items": page.items, "next": page.next})).into_response())
+}
+
+/// Every view's status (admin).
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct ViewsStatus {
+    /// One entry per view, by name.
+    pub views: Vec<ViewStatus>,
+}
+
+/// Every view's status: version, generation, position, the stream's last sequence, lag in
+/// events and seconds, parked events, state (`running`, `stalled` with the cause, `rebuilding`
+/// with progress) and the active instance (admin).
+#[utoipa::path(
+    get,
+    path = "/v1/admin/views",
+    responses(
+        (status = 200, description = "Every view's status", body = ViewsStatus),
+        (status = 401, description = "Missing or invalid token", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin token", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
+        (status = 503, description = "NATS unavailable", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn list_views(State(s): State<ApiState>) -> Result<Response, Problem> {
+    let mut views = Vec::with_capacity(s.views.len());
+    for slot in s.views.values() {
+        let rebuild = slot.rebuild.lock().ok().and_then(|r| {
+            (r.state == "running").then_some(RebuildProgress {
+                done: r.done,
+                total: r.total,
+            })
+        });
+        let status = slot
+            .current()
+            .status(rebuild)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        views.push(status);
+    }
+    Ok(axum::Json(ViewsStatus { views }).into_response())
 }
 
 /// Parked events of a view (admin).

@@ -67,22 +67,28 @@ pub struct Config {
     /// How long a read with `min_position` waits for the view to catch up, in milliseconds.
     #[arg(long, env = "MIN_POSITION_TIMEOUT_MS", default_value_t = 5_000)]
     pub min_position_timeout_ms: u64,
-    /// Redelivery delay of an unacknowledged event (first back-off step), in milliseconds.
-    /// Part of the consumer configuration: changing it needs a new view version.
-    #[arg(long, env = "ACK_WAIT_MS", default_value_t = 30_000)]
+    /// Redelivery delay of an event an instance took and stopped acknowledging (it died), in
+    /// milliseconds; the first back-off step. A live instance sends progress acks every third
+    /// of it while it applies a batch, so a slow batch is never redelivered meanwhile. Updated
+    /// in place on the consumer.
+    #[arg(long, env = "ACK_WAIT_MS", default_value_t = 3_000)]
     pub ack_wait_ms: u64,
     /// Deliveries before an event failing for a retryable reason is parked. Part of the
     /// consumer configuration.
     #[arg(long, env = "MAX_DELIVER", default_value_t = 10)]
     pub max_deliver: i64,
-    /// How long an active instance may stop pulling before a standby takes over, in ms. Part
-    /// of the consumer configuration.
-    #[arg(long, env = "PRIORITY_TIMEOUT_MS", default_value_t = 5_000)]
+    /// How long an active instance may stop pulling before a standby takes over, in ms.
+    /// Updated in place on the consumer.
+    #[arg(long, env = "PRIORITY_TIMEOUT_MS", default_value_t = 2_000)]
     pub priority_timeout_ms: u64,
     /// Events per batch (also the consumer's max_ack_pending). Part of the consumer
     /// configuration.
     #[arg(long, env = "BATCH_SIZE", default_value_t = 500)]
     pub batch_size: usize,
+    /// A view with events pending whose checkpoint does not move for this long (ms) is
+    /// stalled: logged at WARN with its cause, shown in `GET /v1/admin/views` and metrics.
+    #[arg(long, env = "STALL_AFTER_MS", default_value_t = 10_000)]
+    pub stall_after_ms: u64,
     /// Documents cached in memory per view.
     #[arg(long, env = "CACHE_CAPACITY", default_value_t = 100_000)]
     pub cache_capacity: usize,
@@ -124,6 +130,7 @@ impl Config {
                 .clamp(Duration::from_millis(200), Duration::from_secs(1)),
             cache_capacity: self.cache_capacity,
             replicas: self.nats.stream_replicas,
+            stall_after: Duration::from_millis(self.stall_after_ms),
         }
     }
 }
@@ -184,9 +191,14 @@ pub async fn start(config: &Config, views: Vec<Arc<dyn View>>) -> anyhow::Result
         || async {
             platform::nats::require_connected(&client, &config.nats)?;
             platform::nats::ensure_stream(&js, &spec).await?;
-            let generations = Generations::open(&js, config.consumer(), view_metrics.clone())
-                .await
-                .context("opening the view generations bucket")?;
+            let generations = Generations::open(
+                &js,
+                config.consumer(),
+                view_metrics.clone(),
+                &config.service.instance(),
+            )
+            .await
+            .context("opening the view generations bucket")?;
             let mut map = BTreeMap::new();
             let mut projectors = Vec::new();
             for view in views.iter().cloned() {
@@ -304,9 +316,14 @@ pub async fn rebuild_cli(config: &Config, view_name: &str) -> anyhow::Result<u32
                 &shared::StreamSpec::events(config.nats.stream_replicas),
             )
             .await?;
-            Generations::open(&js, config.consumer(), view_metrics.clone())
-                .await
-                .context("opening the view generations bucket")
+            Generations::open(
+                &js,
+                config.consumer(),
+                view_metrics.clone(),
+                &config.service.instance(),
+            )
+            .await
+            .context("opening the view generations bucket")
         },
     )
     .await?;

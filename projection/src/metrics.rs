@@ -32,6 +32,16 @@ pub struct ViewMetrics {
     pub lag: Family<ViewLabels, Gauge>,
     /// Seconds between now and `occurred_at` of the last applied event.
     pub behind_seconds: Family<ViewLabels, Gauge<f64, AtomicU64>>,
+    /// The view's checkpoint.
+    pub position: Family<ViewLabels, Gauge>,
+    /// Events in the stream after the checkpoint.
+    pub lag_events: Family<ViewLabels, Gauge>,
+    /// Age of the oldest event after the checkpoint, in seconds.
+    pub lag_seconds: Family<ViewLabels, Gauge<f64, AtomicU64>>,
+    /// Events in the dead-letter bucket now.
+    pub parked_now: Family<ViewLabels, Gauge>,
+    /// 1 while the view is stalled (events pending, checkpoint not moving).
+    pub stalled: Family<ViewLabels, Gauge>,
 }
 
 impl ViewMetrics {
@@ -44,6 +54,11 @@ impl ViewMetrics {
             parked: Family::default(),
             lag: Family::default(),
             behind_seconds: Family::default(),
+            position: Family::default(),
+            lag_events: Family::default(),
+            lag_seconds: Family::default(),
+            parked_now: Family::default(),
+            stalled: Family::default(),
         };
         metrics.register(
             "events_applied",
@@ -70,6 +85,31 @@ impl ViewMetrics {
             "behind_seconds",
             "Age of the last applied event when it was applied",
             m.behind_seconds.clone(),
+        );
+        metrics.register(
+            "view_position",
+            "The view's checkpoint (stream sequence)",
+            m.position.clone(),
+        );
+        metrics.register(
+            "view_lag_events",
+            "Events in the stream after the view's checkpoint",
+            m.lag_events.clone(),
+        );
+        metrics.register(
+            "view_lag_seconds",
+            "Age of the oldest event after the view's checkpoint",
+            m.lag_seconds.clone(),
+        );
+        metrics.register(
+            "view_parked",
+            "Events in the view's dead-letter bucket",
+            m.parked_now.clone(),
+        );
+        metrics.register(
+            "view_stalled",
+            "1 while the view is stalled: events pending and its checkpoint not moving",
+            m.stalled.clone(),
         );
         m
     }

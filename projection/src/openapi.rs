@@ -47,13 +47,23 @@ pub struct ParkedDoc {
     paths(
         crate::http::get_doc,
         crate::http::list,
+        crate::http::list_views,
         crate::http::list_parked,
         crate::http::retry,
         crate::http::skip,
         crate::http::start_rebuild,
         crate::http::rebuild_status
     ),
-    components(schemas(DocumentDoc, PageDoc, ParkedDoc, platform::problem::ProblemDetails)),
+    components(schemas(
+        DocumentDoc,
+        PageDoc,
+        ParkedDoc,
+        crate::http::ViewsStatus,
+        crate::engine::ViewStatus,
+        crate::engine::ViewState,
+        crate::engine::RebuildProgress,
+        platform::problem::ProblemDetails
+    )),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;

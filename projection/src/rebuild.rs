@@ -127,6 +127,8 @@ pub struct Generations {
     pub settings: ConsumerSettings,
     /// Metrics.
     pub metrics: ViewMetrics,
+    /// This instance's id.
+    pub instance: String,
 }
 
 impl Generations {
@@ -135,12 +137,14 @@ impl Generations {
         js: &jetstream::Context,
         settings: ConsumerSettings,
         metrics: ViewMetrics,
+        instance: &str,
     ) -> Result<Self, StoreError> {
         Ok(Generations {
             pointers: store::open_generations(js, settings.replicas).await?,
             js: js.clone(),
             settings,
             metrics,
+            instance: instance.to_owned(),
         })
     }
 
@@ -158,6 +162,7 @@ impl Generations {
                 self.metrics.clone(),
                 self.settings.replicas,
                 generation,
+                &self.instance,
             )
             .await?,
         );
@@ -196,9 +201,17 @@ impl Generations {
                 Duration::from_secs(5),
                 child.clone(),
             ));
+            let health = tokio::spawn(crate::engine::health::watch(
+                rt.clone(),
+                self.settings.stall_after,
+                child.clone(),
+            ));
+            let retrier = tokio::spawn(crate::engine::retry_transient(rt.clone(), child.clone()));
             projector.run(child.clone()).await;
             watcher.abort();
             lag.abort();
+            health.abort();
+            retrier.abort();
             if shutdown.is_triggered() {
                 return;
             }

@@ -240,6 +240,33 @@ pub async fn read_doc(kv: &kv::Store, key: &str) -> Result<Option<StoredDoc>, St
     }))
 }
 
+/// The checkpoint document: `{"position", "instance", "at_ms"}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckpointDoc {
+    /// Every event up to this stream sequence is applied, skipped or parked.
+    pub position: u64,
+    /// The instance that committed it (absent in checkpoints of older versions).
+    pub instance: Option<String>,
+    /// When, in milliseconds since the Unix epoch.
+    pub at_ms: Option<u64>,
+}
+
+/// Reads the checkpoint document (position 0 when there is none).
+pub async fn read_checkpoint_doc(kv: &kv::Store) -> Result<CheckpointDoc, StoreError> {
+    Ok(match read_doc(kv, CHECKPOINT_KEY).await? {
+        Some(d) => CheckpointDoc {
+            position: d.doc.get("position").and_then(Value::as_u64).unwrap_or(0),
+            instance: d
+                .doc
+                .get("instance")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            at_ms: d.doc.get("at_ms").and_then(Value::as_u64),
+        },
+        None => CheckpointDoc::default(),
+    })
+}
+
 /// The view's checkpoint: every event up to this stream sequence is done.
 pub(crate) async fn read_checkpoint(kv: &kv::Store) -> Result<(u64, Option<u64>), StoreError> {
     Ok(match read_doc(kv, CHECKPOINT_KEY).await? {
@@ -412,6 +439,10 @@ pub struct ParkMark {
     /// The last event parked behind it (bumped with compare-and-set on every park, so a
     /// concurrent retry notices).
     pub last_seq: u64,
+    /// Whether every event it holds was parked for a transient reason (the background retrier
+    /// releases those); absent = false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub transient: bool,
 }
 
 /// `msg.<20-digit seq>`.

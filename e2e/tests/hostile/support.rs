@@ -431,6 +431,20 @@ pub(crate) fn allowed(position: &str, status: u16, slug: &str) -> bool {
     }
 }
 
+/// Whether `value` (decoded) is a valid view document key: 1 to 8 id tokens joined by `.`.
+/// Such a key in the `{key}` or `{after}` position is a legitimate read (200 or 404): keys are
+/// only compared with stored keys under the path's tenant, never put in a subject.
+pub(crate) fn is_document_key(value: &str) -> bool {
+    let tokens: Vec<&str> = value.split('.').collect();
+    tokens.len() <= 8
+        && tokens.iter().all(|t| {
+            !t.is_empty()
+                && t.len() <= 64
+                && t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        })
+}
+
 /// `template` with `position` replaced by `value` and every other placeholder by its good value.
 pub(crate) fn fill(template: &str, position: &str, value: &str, id: &str) -> String {
     let mut out = template.replace(position, value);

@@ -233,7 +233,7 @@ async fn the_stack_works_through_the_gateway() {
         .await;
         assert_eq!(fb["type"], "urn:nats-es:problem:forbidden", "{name}");
         let id = problem(
-            http.get(format!("{base}{}", api.replace("e2e-1", "a.b")))
+            http.get(format!("{base}{}", api.replace("e2e-1", "a..b")))
                 .header("authorization", &auth)
                 .send()
                 .await

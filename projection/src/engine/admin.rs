@@ -3,8 +3,11 @@
 //! parked events uses the same retry.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine as _;
+use platform::shutdown::Shutdown;
 use shared::EventEnvelope;
 
 use crate::engine::ViewRuntime;
@@ -91,6 +94,16 @@ impl ViewRuntime {
                 .collect::<Vec<_>>()
                 .join(", "),
         ))
+    }
+
+    /// The first parked event holding back the document at `stored_key`, if any.
+    pub async fn held_since(&self, stored_key: &str) -> Result<Option<u64>, StoreError> {
+        Ok(
+            store::read_doc(&self.parked, &store::doc_mark_key(stored_key))
+                .await?
+                .and_then(|d| serde_json::from_value::<store::ParkMark>(d.doc).ok())
+                .map(|m| m.first_seq),
+        )
     }
 
     /// Every parked record, in sequence order.
@@ -219,5 +232,69 @@ impl ViewRuntime {
             .await
             .map_err(|e| StoreError::new(format!("reading stream sequence {seq}"), e))?;
         Ok(msg.payload.to_vec())
+    }
+}
+
+/// The first pause of the background retrier after a failed round (doubling).
+const TRANSIENT_RETRY_FIRST_DELAY: Duration = Duration::from_secs(1);
+/// The longest pause of the background retrier.
+const TRANSIENT_RETRY_MAX_DELAY: Duration = Duration::from_secs(30);
+
+/// Releases events parked for a transient reason, in order, until `shutdown`: woken when one
+/// is parked, retried with back-off while they keep failing, and once at start (records
+/// parked before a restart).
+pub async fn retry_transient(rt: Arc<ViewRuntime>, shutdown: Shutdown) {
+    let mut delay = TRANSIENT_RETRY_FIRST_DELAY;
+    loop {
+        let pending = rt
+            .parked_records()
+            .await
+            .map(|r| r.iter().any(|r| r.transient))
+            .unwrap_or(true);
+        let wait = if pending {
+            match rt
+                .retry(RetryFilter {
+                    aggregate: None,
+                    transient_only: true,
+                })
+                .await
+            {
+                Ok(report) if report.failed.is_empty() => {
+                    if report.applied > 0 {
+                        tracing::info!(view = %rt.view.name(), applied = report.applied, "transiently parked events released");
+                    }
+                    delay = TRANSIENT_RETRY_FIRST_DELAY;
+                    None
+                }
+                Ok(report) => {
+                    tracing::debug!(view = %rt.view.name(), failed = ?report.failed, "transiently parked events still fail");
+                    Some(delay)
+                }
+                Err(e) => {
+                    tracing::debug!(view = %rt.view.name(), error = %e, "retrying transiently parked events failed");
+                    Some(delay)
+                }
+            }
+        } else {
+            None
+        };
+        let woken = rt.transient_parked.notified();
+        match wait {
+            Some(d) => {
+                delay = (delay * 2).min(TRANSIENT_RETRY_MAX_DELAY);
+                tokio::select! {
+                    () = shutdown.wait() => return,
+                    () = tokio::time::sleep(d) => {}
+                }
+            }
+            None => {
+                tokio::select! {
+                    () = shutdown.wait() => return,
+                    () = woken => {}
+                    // a record another instance parked
+                    () = tokio::time::sleep(TRANSIENT_RETRY_MAX_DELAY) => {}
+                }
+            }
+        }
     }
 }

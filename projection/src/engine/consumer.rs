@@ -12,6 +12,9 @@ use crate::view::View;
 /// The priority group every instance pulls in.
 pub const PRIORITY_GROUP: &str = "projection";
 
+/// The longest redelivery delay of the consumer's back-off.
+pub const REDELIVERY_BACKOFF_CAP: Duration = Duration::from_secs(60);
+
 /// How the durable consumers are configured and pulled.
 #[derive(Debug, Clone, Copy)]
 pub struct ConsumerSettings {
@@ -29,32 +32,37 @@ pub struct ConsumerSettings {
     pub cache_capacity: usize,
     /// Replicas of the view buckets.
     pub replicas: usize,
+    /// A view with events pending whose checkpoint does not move for this long is stalled.
+    pub stall_after: Duration,
 }
 
 impl Default for ConsumerSettings {
     fn default() -> Self {
         ConsumerSettings {
-            ack_wait: Duration::from_secs(30),
+            ack_wait: Duration::from_secs(3),
             max_deliver: 10,
-            priority_timeout: Duration::from_secs(5),
+            priority_timeout: Duration::from_secs(2),
             batch: 500,
             pull_expires: Duration::from_secs(1),
             cache_capacity: 100_000,
             replicas: 1,
+            stall_after: Duration::from_secs(10),
         }
     }
 }
 
 impl ConsumerSettings {
-    /// The redelivery back-off: `ack_wait` doubling, capped at 10 minutes, `max_deliver - 1`
-    /// steps (the server requires fewer steps than deliveries).
+    /// The redelivery back-off: `ack_wait` doubling, capped at [`REDELIVERY_BACKOFF_CAP`],
+    /// `max_deliver - 1` steps (the server requires fewer steps than deliveries). It only
+    /// matters after an instance died with a batch in hand: a live instance keeps its batch
+    /// with progress acks and retries failures itself.
     pub fn backoff(&self) -> Vec<Duration> {
         let steps = usize::try_from(self.max_deliver.max(2) - 1).unwrap_or(1);
         (0..steps)
             .map(|i| {
                 self.ack_wait
                     .saturating_mul(1 << i.min(16))
-                    .min(Duration::from_secs(600).max(self.ack_wait))
+                    .min(REDELIVERY_BACKOFF_CAP.max(self.ack_wait))
             })
             .collect()
     }
@@ -164,6 +172,16 @@ pub fn consumer_differences(
     diffs
 }
 
+/// Whether `found` differs from `want` only in redelivery and take-over timing (`ack_wait`,
+/// `backoff`, `priority_timeout`), which can be updated in place.
+pub fn only_timing_differs(want: &pull::Config, found: &jetstream::consumer::Config) -> bool {
+    let mut patched = found.clone();
+    patched.ack_wait = want.ack_wait;
+    patched.backoff = want.backoff.clone();
+    patched.priority_timeout = want.priority_timeout;
+    consumer_differences(want, &patched).is_empty()
+}
+
 /// Why a projector cannot start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -219,13 +237,30 @@ pub async fn ensure_consumer(
         }
         Err(e) => return Err(nats("reading consumer", e.into())),
     }
-    let consumer: jetstream::consumer::Consumer<pull::Config> = stream
+    let mut consumer: jetstream::consumer::Consumer<pull::Config> = stream
         .get_consumer(&name)
         .await
         .map_err(|e| nats("reading consumer", e))?;
-    let differences = consumer_differences(want, &consumer.cached_info().config);
-    if !differences.is_empty() {
-        return Err(StartError::ConsumerMismatch { name, differences });
+    let found = consumer.cached_info().config.clone();
+    let differences = consumer_differences(want, &found);
+    if differences.is_empty() {
+        return Ok(consumer);
     }
-    Ok(consumer)
+    if only_timing_differs(want, &found) {
+        // redelivery and take-over timing changes nothing about what the view holds: the
+        // consumer is updated in place (every instance of a version agrees on its settings)
+        match stream.update_consumer(want.clone()).await {
+            Ok(updated) => {
+                tracing::info!(consumer = %name, changes = %differences.join("; "), "consumer timing updated");
+                consumer = updated;
+                if consumer_differences(want, &consumer.cached_info().config).is_empty() {
+                    return Ok(consumer);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(consumer = %name, error = %e, "cannot update the consumer's timing")
+            }
+        }
+    }
+    Err(StartError::ConsumerMismatch { name, differences })
 }

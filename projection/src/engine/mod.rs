@@ -9,6 +9,7 @@
 //! - [`parking`]: parked events and the marks that hold back later events of their documents.
 //! - [`admin`]: retry and skip of parked events.
 //! - [`projector`]: the consumer loop (order, batches, fail-over, acks).
+//! - [`health`]: is the view moving? Stall detection, status, metrics.
 //! - [`lag`]: lag polling.
 
 pub mod admin;
@@ -16,22 +17,24 @@ pub mod commit;
 pub mod consumer;
 pub mod decode;
 pub mod fold;
+pub mod health;
 pub mod lag;
 pub mod parking;
 pub mod projector;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use async_nats::jetstream::{self, kv};
 use shared::EventEnvelope;
 
-pub use admin::{Applied, RetryFilter, RetryReport};
+pub use admin::{Applied, RetryFilter, RetryReport, retry_transient};
 pub use consumer::{
     ConsumerSettings, PRIORITY_GROUP, StartError, consumer_differences, ensure_consumer,
 };
 pub use decode::{DecodeError, DecodedEvent, decode, trace_id};
 pub use fold::ApplyError;
+pub use health::{RebuildProgress, ViewState, ViewStatus};
 pub use lag::poll_lag;
 pub use projector::Projector;
 
@@ -57,6 +60,14 @@ pub struct ViewRuntime {
     pub generation: u32,
     js: jetstream::Context,
     max_doc_bytes: AtomicUsize,
+    /// The instance id, written into the checkpoint it commits.
+    instance: String,
+    /// Why the last batch failed on this instance (`None` after a success).
+    last_failure: Mutex<Option<String>>,
+    /// The stall the watchdog sees, if any.
+    stall: Mutex<Option<health::Stall>>,
+    /// Woken when an event is parked for a transient reason (the background retrier).
+    transient_parked: tokio::sync::Notify,
 }
 
 impl ViewRuntime {
@@ -67,6 +78,7 @@ impl ViewRuntime {
         metrics: ViewMetrics,
         replicas: usize,
         generation: u32,
+        instance: &str,
     ) -> Result<Self, StoreError> {
         let docs = store::open_bucket(
             js,
@@ -95,6 +107,15 @@ impl ViewRuntime {
             // expose every series from the start, at zero
             let _ = family.get_or_create(&labels);
         }
+        for family in [
+            &metrics.position,
+            &metrics.lag_events,
+            &metrics.parked_now,
+            &metrics.stalled,
+        ] {
+            // expose every series from the start, at zero
+            let _ = family.get_or_create(&labels);
+        }
         let max_doc_bytes = commit::max_doc_bytes(
             docs.stream.cached_info().config.max_message_size,
             js.client().server_info().max_payload,
@@ -109,6 +130,10 @@ impl ViewRuntime {
             generation,
             js: js.clone(),
             max_doc_bytes: AtomicUsize::new(max_doc_bytes),
+            instance: instance.to_owned(),
+            last_failure: Mutex::new(None),
+            stall: Mutex::new(None),
+            transient_parked: tokio::sync::Notify::new(),
         })
     }
 

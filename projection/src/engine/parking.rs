@@ -42,6 +42,8 @@ pub(crate) enum HoldState {
     Behind {
         /// The first parked event of the mark.
         first_seq: u64,
+        /// Whether every mark holding it is transient (it is then released with them).
+        transient: bool,
     },
 }
 
@@ -60,11 +62,16 @@ pub(crate) fn hold_state(marks: &Marks, holds: &[String], seq: u64) -> HoldState
             return HoldState::AlreadyParked;
         }
         state = match state {
-            HoldState::Behind { first_seq } => HoldState::Behind {
+            HoldState::Behind {
+                first_seq,
+                transient,
+            } => HoldState::Behind {
                 first_seq: first_seq.min(mark.first_seq),
+                transient: transient && mark.transient,
             },
             _ => HoldState::Behind {
                 first_seq: mark.first_seq,
+                transient: mark.transient,
             },
         };
     }
@@ -124,7 +131,10 @@ impl ViewRuntime {
             .await
             .map_err(|e| StoreError::new("writing a parked record", e))?;
         for key in record.hold_keys() {
-            self.mark(&key, seq, marks).await?;
+            self.mark(&key, seq, record.transient, marks).await?;
+        }
+        if record.transient {
+            self.transient_parked.notify_one();
         }
         self.metrics.parked.get_or_create(&self.labels).inc();
         if record.error.starts_with("parked behind") {
@@ -135,7 +145,13 @@ impl ViewRuntime {
         Ok(())
     }
 
-    async fn mark(&self, key: &str, seq: u64, marks: &mut Marks) -> Result<(), StoreError> {
+    async fn mark(
+        &self,
+        key: &str,
+        seq: u64,
+        transient: bool,
+        marks: &mut Marks,
+    ) -> Result<(), StoreError> {
         for _ in 0..MARK_CAS_ATTEMPTS {
             let current = match marks.get(key) {
                 Some(m) => Some(m.clone()),
@@ -148,6 +164,7 @@ impl ViewRuntime {
                     ParkMark {
                         first_seq: m.first_seq.min(seq),
                         last_seq: m.last_seq.max(seq),
+                        transient: m.transient && transient,
                     },
                     Some(*rev),
                 ),
@@ -155,6 +172,7 @@ impl ViewRuntime {
                     ParkMark {
                         first_seq: seq,
                         last_seq: seq,
+                        transient,
                     },
                     None,
                 ),

@@ -21,16 +21,21 @@ use crate::engine::commit::{CommitError, DocWrite, MAX_WRITES_PER_COMMIT, commit
 use crate::engine::consumer::{ConsumerSettings, PRIORITY_GROUP, StartError, ensure_consumer};
 use crate::engine::decode::{DecodeError, DecodedEvent, decode, trace_id};
 use crate::engine::fold::{ApplyError, EventFold, fold_event};
+use crate::engine::health::now_ms;
 use crate::engine::parking::{HoldState, Marks, hold_keys, hold_state, record_of};
 use crate::store::{self, CHECKPOINT_KEY, StoreError, StoredDoc};
 
 /// Documents read at once while prefetching a batch.
 const PREFETCH_CONCURRENCY: usize = 256;
 /// Attempts of a batch in place (with back-off from [`BATCH_RETRY_FIRST_DELAY`]) before it is
-/// taken apart.
+/// taken apart (and again after every as many more).
 const BATCH_ATTEMPTS_IN_PLACE: u32 = 4;
 /// The first pause between attempts of a failed batch (doubling).
 const BATCH_RETRY_FIRST_DELAY: Duration = Duration::from_millis(100);
+/// The longest pause between attempts of a failed batch.
+const BATCH_RETRY_MAX_DELAY: Duration = Duration::from_secs(5);
+/// Progress acks are sent at most this often.
+const PROGRESS_ACK_MIN_INTERVAL: Duration = Duration::from_millis(100);
 /// Compare-and-set rounds of a checkpoint written on its own.
 const CHECKPOINT_CAS_ATTEMPTS: usize = 8;
 
@@ -173,7 +178,7 @@ impl Projector {
                 }
                 let batch = self.take_contiguous(&mut held).await;
                 if !batch.is_empty() {
-                    self.handle_batch(batch).await;
+                    self.handle_batch(batch, &shutdown).await;
                 }
             }
         }
@@ -243,6 +248,12 @@ impl Projector {
                 }
             }
             if first > self.checkpoint + 1 {
+                self.rt.note_failure(Some(format!(
+                    "waiting for events {}..{} to be redelivered (delivered to an instance that \
+                     did not acknowledge them; they come back after ack_wait)",
+                    self.checkpoint + 1,
+                    first - 1
+                )));
                 tracing::debug!(
                     view = %self.rt.view.name(),
                     checkpoint = self.checkpoint,
@@ -269,7 +280,7 @@ impl Projector {
         }
         batch
     }
-    async fn handle_batch(&mut self, batch: Vec<Message>) {
+    async fn handle_batch(&mut self, batch: Vec<Message>, shutdown: &Shutdown) {
         // idle longer than the pin lasts: another instance may have written meanwhile
         if self
             .last_batch
@@ -278,23 +289,99 @@ impl Projector {
             self.cache.clear();
         }
         self.last_batch = Some(std::time::Instant::now());
+        // the batch stays ours while we work on it, however long: progress acks every third of
+        // ack_wait, so it is redelivered (to a standby) only if this instance dies
+        let every = (self.settings.ack_wait / 3).max(PROGRESS_ACK_MIN_INTERVAL);
+        keep_alive(&batch, every, self.apply_batch(&batch, shutdown)).await;
+    }
+
+    /// Applies a batch, retrying storage failures in place with back-off (capped at
+    /// [`BATCH_RETRY_MAX_DELAY`], never the consumer's redelivery back-off). After
+    /// [`BATCH_ATTEMPTS_IN_PLACE`] failures the batch is taken apart once per round: an event
+    /// that fails on its own while storage answers is parked as transient (its documents wait,
+    /// the background retrier releases them) and the others are applied.
+    async fn apply_batch(&mut self, batch: &[Message], shutdown: &Shutdown) {
         let mut delay = BATCH_RETRY_FIRST_DELAY;
-        // retry in place while the messages are still ours (well within ack_wait)
-        for attempt in 1..=BATCH_ATTEMPTS_IN_PLACE {
-            match self.process(&batch).await {
-                Ok(()) => return,
+        for attempt in 1u32.. {
+            match self.process(batch).await {
+                Ok(()) => {
+                    self.rt.note_failure(None);
+                    return;
+                }
                 Err(e) => {
+                    self.rt.note_failure(Some(e.to_string()));
                     self.forget().await;
-                    tracing::warn!(view = %self.rt.view.name(), attempt, error = %e, "batch failed; retrying");
-                    if attempt < BATCH_ATTEMPTS_IN_PLACE {
-                        tokio::time::sleep(delay).await;
-                        delay *= 2;
+                    if attempt <= BATCH_ATTEMPTS_IN_PLACE {
+                        tracing::warn!(view = %self.rt.view.name(), attempt, error = %e, "batch failed; retrying");
                     } else {
-                        self.park_exhausted(&batch, &e.to_string()).await;
+                        // the watchdog reports the stall, rate-limited
+                        tracing::debug!(view = %self.rt.view.name(), attempt, error = %e, "batch failed; retrying");
+                    }
+                    if attempt % BATCH_ATTEMPTS_IN_PLACE == 0 && self.take_apart(batch).await {
+                        return;
                     }
                 }
             }
+            tokio::select! {
+                () = shutdown.wait() => return, // unacknowledged: a standby gets them
+                () = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(BATCH_RETRY_MAX_DELAY);
         }
+    }
+
+    /// Applies the batch one event at a time, in order. An event that fails on its own while
+    /// the bucket answers (a checkpoint write succeeds) is parked as transient. `false` when
+    /// storage does not answer at all: the rest of the batch is retried in place.
+    async fn take_apart(&mut self, batch: &[Message]) -> bool {
+        let name = self.rt.view.name();
+        for m in batch {
+            let Ok(info) = m.info() else { return false };
+            let seq = info.stream_sequence;
+            if seq <= self.checkpoint {
+                continue;
+            }
+            let error = match self.process(std::slice::from_ref(m)).await {
+                Ok(()) => continue,
+                Err(e) => e.to_string(),
+            };
+            self.forget().await;
+            if let Err(e) = self.probe_storage().await {
+                tracing::debug!(view = %name, error = %e, "storage does not answer; the batch waits");
+                return false;
+            }
+            let address = AggregateAddress::parse_subject(m.subject.as_str()).ok();
+            let stored: Vec<String> = decode(m.subject.as_str(), &m.payload)
+                .ok()
+                .and_then(|e| self.rt.event_keys(&e.env).ok())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(full, _)| full)
+                .collect();
+            let reason = format!("transient failure, retried in the background: {error}");
+            let record = record_of(
+                m,
+                seq,
+                &reason,
+                address.as_ref(),
+                hold_keys(address.as_ref(), &stored),
+                true,
+            );
+            let mut marks = match self.marks().await {
+                Ok(m) => m,
+                Err(_) => return false,
+            };
+            if self.rt.park(record, &mut marks).await.is_err() {
+                return false; // the dead-letter bucket does not answer either
+            }
+            self.marks = None;
+            if self.write_checkpoint(seq).await.is_err() {
+                // the gap check in `take_contiguous` finds the parked record and moves past it
+                return false;
+            }
+            let _ = m.ack_with(AckKind::Term).await;
+        }
+        true
     }
 
     /// After a failure: nothing in memory is trusted (another writer may have been there).
@@ -305,77 +392,6 @@ impl Projector {
         if let Ok((p, rev)) = store::read_checkpoint(&self.rt.docs).await {
             self.checkpoint = p;
             self.checkpoint_rev = rev;
-        }
-    }
-
-    fn is_exhausted(&self, m: &Message) -> bool {
-        m.info()
-            .is_ok_and(|i| i.delivered >= self.settings.max_deliver)
-    }
-
-    /// After a batch failed for a retryable reason (storage, NATS): while no message of it has
-    /// been delivered `max_deliver` times, all are left unacknowledged and redeliver after
-    /// `ack_wait`. Once one has, the batch is taken apart: one message at a time, in stream
-    /// order, so that only a message that fails on its own is parked (`retryable failure after
-    /// N deliveries`) and the others, innocent members of the same batch, are applied. The
-    /// first message that fails without being exhausted stops the walk; it and the rest
-    /// redeliver, in order.
-    async fn park_exhausted(&mut self, batch: &[Message], batch_error: &str) {
-        if !batch.iter().any(|m| self.is_exhausted(m)) {
-            return;
-        }
-        let name = self.rt.view.name();
-        for m in batch {
-            let mut failure = None;
-            for _ in 0..2 {
-                match self.process(std::slice::from_ref(m)).await {
-                    Ok(()) => {
-                        failure = None;
-                        break;
-                    }
-                    Err(e) => {
-                        self.forget().await;
-                        failure = Some(e.to_string());
-                    }
-                }
-            }
-            let Some(error) = failure else { continue };
-            let Ok(info) = m.info() else { return };
-            if info.delivered < self.settings.max_deliver {
-                tracing::warn!(view = %name, seq = info.stream_sequence, error, "event failed on its own; it redelivers");
-                return;
-            }
-            let seq = info.stream_sequence;
-            let address = AggregateAddress::parse_subject(m.subject.as_str()).ok();
-            let keys = decode(m.subject.as_str(), &m.payload)
-                .ok()
-                .and_then(|e| self.rt.event_keys(&e.env).ok())
-                .unwrap_or_default();
-            let stored: Vec<String> = keys.into_iter().map(|(f, _)| f).collect();
-            let reason = format!(
-                "retryable failure after {} deliveries: {error}",
-                info.delivered
-            );
-            tracing::error!(view = %name, seq, batch_error, reason, "parking an event that keeps failing");
-            let record = record_of(
-                m,
-                seq,
-                &reason,
-                address.as_ref(),
-                hold_keys(address.as_ref(), &stored),
-                true,
-            );
-            let mut marks = Marks::new();
-            if self.rt.park(record, &mut marks).await.is_err() {
-                return; // the dead-letter bucket is unreachable too: everything redelivers
-            }
-            self.marks = None;
-            // parked is done: the checkpoint moves past it (should this write fail, the gap
-            // check in `take_contiguous` finds the parked record and moves past it later)
-            if let Err(e) = self.write_checkpoint(seq).await {
-                tracing::warn!(view = %name, seq, error = %e, "checkpoint after parking failed");
-            }
-            let _ = m.ack_with(AckKind::Term).await;
         }
     }
 
@@ -544,10 +560,19 @@ impl Projector {
                     dispositions.push(Disposition::Term);
                     continue;
                 }
-                HoldState::Behind { first_seq } => {
+                HoldState::Behind {
+                    first_seq,
+                    transient,
+                } => {
                     let error = format!("parked behind seq {first_seq}");
-                    let record =
-                        record_of(item.message, seq, &error, address.as_ref(), holds, false);
+                    let record = record_of(
+                        item.message,
+                        seq,
+                        &error,
+                        address.as_ref(),
+                        holds,
+                        transient,
+                    );
                     self.rt.park(record, marks).instrument(span).await?;
                     parked_any = true;
                     dispositions.push(Disposition::Term);
@@ -710,7 +735,7 @@ impl Projector {
             .collect();
         writes.push(DocWrite {
             key: CHECKPOINT_KEY.to_owned(),
-            doc: json!({"position": position.max(self.checkpoint)}),
+            doc: self.checkpoint_doc(position.max(self.checkpoint)),
             revision: self.checkpoint_rev,
         });
         let revisions = match commit(&self.js, &self.rt.docs, &writes).await {
@@ -755,6 +780,30 @@ impl Projector {
         }
     }
 
+    /// The checkpoint document: the position, who committed it and when (the status of the
+    /// view reads the active instance and the last commit from it).
+    fn checkpoint_doc(&self, position: u64) -> Value {
+        json!({"position": position, "instance": self.rt.instance, "at_ms": now_ms()})
+    }
+
+    /// Whether the view's bucket takes writes: rewrites the checkpoint as it is (a conflict
+    /// means another writer got there: it answers too).
+    async fn probe_storage(&mut self) -> Result<(), StoreError> {
+        let write = DocWrite {
+            key: CHECKPOINT_KEY.to_owned(),
+            doc: self.checkpoint_doc(self.checkpoint),
+            revision: self.checkpoint_rev,
+        };
+        match commit(&self.js, &self.rt.docs, std::slice::from_ref(&write)).await {
+            Ok(revs) => {
+                self.checkpoint_rev = revs.first().copied();
+                Ok(())
+            }
+            Err(CommitError::Conflict) => Ok(()),
+            Err(CommitError::Store(e)) => Err(e),
+        }
+    }
+
     /// Writes the checkpoint on its own (compare-and-set on its revision).
     async fn write_checkpoint(&mut self, position: u64) -> Result<(), StoreError> {
         for _ in 0..CHECKPOINT_CAS_ATTEMPTS {
@@ -763,7 +812,7 @@ impl Projector {
             }
             let write = DocWrite {
                 key: CHECKPOINT_KEY.to_owned(),
-                doc: json!({"position": position}),
+                doc: self.checkpoint_doc(position),
                 revision: self.checkpoint_rev,
             };
             match commit(&self.js, &self.rt.docs, std::slice::from_ref(&write)).await {
@@ -784,5 +833,27 @@ impl Projector {
             "writing the checkpoint",
             "lost the compare-and-set too often",
         ))
+    }
+}
+
+/// Runs `work`, sending a progress ack for every message of `batch` every `every` meanwhile.
+async fn keep_alive<F: std::future::Future>(
+    batch: &[Message],
+    every: Duration,
+    work: F,
+) -> F::Output {
+    tokio::pin!(work);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = tick.tick() => {
+                for m in batch {
+                    // an already acknowledged message ignores it
+                    let _ = m.ack_with(AckKind::Progress).await;
+                }
+            }
+        }
     }
 }

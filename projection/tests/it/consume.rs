@@ -306,6 +306,29 @@ async fn a_consumer_with_another_configuration_is_refused_not_overwritten() {
     assert!(text.contains("view-accounts-v1"), "{text}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn changed_redelivery_and_take_over_timing_updates_the_consumer_in_place() {
+    let server = NatsServer::start();
+    let p = projection(&server).await;
+    p.stop().await;
+    let cfg = config(
+        &server,
+        &["--ack-wait-ms", "4000", "--priority-timeout-ms", "1500"],
+    );
+    let app = projection::start(&cfg, projection::default_views())
+        .await
+        .expect("timing changes are not a mismatch");
+    let js = async_nats::jetstream::new(app.client.clone());
+    let stream = js.get_stream(shared::STREAM_NAME).await.expect("stream");
+    let info = stream
+        .consumer_info("view-accounts-v1")
+        .await
+        .expect("consumer");
+    assert_eq!(info.config.ack_wait, Duration::from_secs(4));
+    assert_eq!(info.config.priority_timeout, Duration::from_millis(1500));
+    assert_eq!(info.config.backoff.first(), Some(&Duration::from_secs(4)));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_up_waits_for_a_server_that_is_not_up_yet_then_projects() {
     let mut server = NatsServer::start();

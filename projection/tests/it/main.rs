@@ -5,4 +5,6 @@ mod http;
 mod parking;
 mod rebuild;
 mod scale;
+mod status;
 mod support;
+mod takeover;

@@ -162,21 +162,6 @@ async fn a_version_gap_is_parked_for_accounts() {
     p.stop().await;
 }
 
-/// The view's bucket refuses documents over `max_bytes` from now on: a real storage error,
-/// the same on every attempt.
-async fn limit_document_size(client: &async_nats::Client, bucket: &str, max_bytes: i32) {
-    let js = async_nats::jetstream::new(client.clone());
-    let mut stream = js
-        .get_stream(format!("KV_{bucket}"))
-        .await
-        .expect("bucket stream");
-    let mut config = stream.info().await.expect("info").config.clone();
-    config.max_message_size = max_bytes;
-    js.update_stream(config)
-        .await
-        .expect("update bucket stream");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_document_over_the_bucket_limit_is_parked_at_once_and_holds_back_only_its_documents() {
     let server = NatsServer::start();
@@ -198,7 +183,7 @@ async fn a_document_over_the_bucket_limit_is_parked_at_once_and_holds_back_only_
     p.stop().await;
 
     // the bucket takes 512-byte values: p1's document would be far larger
-    limit_document_size(&client, &bucket, 512).await;
+    reconfigure_bucket(&client, &bucket, |c| c.max_message_size = 512).await;
     let big = publish_raw(&client, P1, open("acme", "p1", &"x".repeat(2000))).await;
     let innocent = publish_raw(
         &client,
@@ -250,6 +235,15 @@ async fn a_document_over_the_bucket_limit_is_parked_at_once_and_holds_back_only_
     assert_eq!(parked[1]["error"], format!("parked behind seq {big}"));
     let (status, _) = p.get("/v1/tenants/acme/views/accounts/p1").await;
     assert_eq!(status, 404);
+    // read-your-writes on the held document says why instead of answering stale
+    let (status, body) = p
+        .get(&format!(
+            "/v1/tenants/acme/views/accounts/p1?min_position={behind}"
+        ))
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["type"], "urn:nats-es:problem:document-held", "{body}");
+    assert_eq!(body["parked_from"], big, "{body}");
     // the other view's documents are small: it applied every event
     let (status, body) = p
         .get(&format!(
@@ -260,7 +254,7 @@ async fn a_document_over_the_bucket_limit_is_parked_at_once_and_holds_back_only_
     assert_eq!(body["document"]["balance"], 5, "{body}");
 
     // once the bucket takes them, a retry applies both, in order
-    limit_document_size(&client, &bucket, -1).await;
+    reconfigure_bucket(&client, &bucket, |c| c.max_message_size = -1).await;
     let (status, body) = p.post("/v1/admin/views/accounts/parked/retry").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["applied"], 2, "{body}");

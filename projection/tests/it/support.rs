@@ -30,11 +30,13 @@ pub(crate) fn config(server: &NatsServer, extra: &[&str]) -> projection::Config 
         "--insecure-no-auth",
         "--instance-id",
         "test",
-        "--ack-wait-ms",
-        "2000",
-        "--priority-timeout-ms",
-        "1000",
     ];
+    // the test's own timing wins over these defaults
+    for (flag, value) in [("--ack-wait-ms", "2000"), ("--priority-timeout-ms", "1000")] {
+        if !extra.contains(&flag) {
+            args.extend_from_slice(&[flag, value]);
+        }
+    }
     args.extend_from_slice(extra);
     projection::Config::parse_from(args)
 }
@@ -243,6 +245,25 @@ pub(crate) fn envelope(
         v["version"] = json!(version);
     }
     serde_json::to_vec(&v).expect("json")
+}
+
+/// Changes the stream configuration of a view's bucket: a real storage fault (a smaller value
+/// limit, a full bucket), undone the same way.
+pub(crate) async fn reconfigure_bucket(
+    client: &async_nats::Client,
+    bucket: &str,
+    change: impl FnOnce(&mut async_nats::jetstream::stream::Config),
+) {
+    let js = async_nats::jetstream::new(client.clone());
+    let mut stream = js
+        .get_stream(format!("KV_{bucket}"))
+        .await
+        .expect("bucket stream");
+    let mut config = stream.info().await.expect("info").config.clone();
+    change(&mut config);
+    js.update_stream(config)
+        .await
+        .expect("update bucket stream");
 }
 
 /// Polls `check` until it holds or `within` passes.

@@ -8,11 +8,13 @@
 //! - [`commit`]: a batch's documents and checkpoint in one atomic, compare-and-set write.
 //! - [`parking`]: parked events and the marks that hold back later events of their documents.
 //! - [`admin`]: retry and skip of parked events.
-//! - [`projector`]: the consumer loop (order, batches, fail-over, acks).
+//! - [`batch`]: one batch folded into its documents and committed.
+//! - [`projector`]: the consumer loop (order, fail-over, progress acks, retries).
 //! - [`health`]: is the view moving? Stall detection, status, metrics.
 //! - [`lag`]: lag polling.
 
 pub mod admin;
+pub mod batch;
 pub mod commit;
 pub mod consumer;
 pub mod decode;

@@ -9,24 +9,19 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::pull;
 use async_nats::jetstream::message::AckKind;
 use async_nats::jetstream::{self, Message};
-use futures::{StreamExt as _, TryStreamExt as _};
+use futures::StreamExt as _;
 use platform::shutdown::Shutdown;
 use serde_json::{Value, json};
 use shared::AggregateAddress;
-use time::OffsetDateTime;
-use tracing::Instrument as _;
 
 use crate::engine::ViewRuntime;
-use crate::engine::commit::{CommitError, DocWrite, MAX_WRITES_PER_COMMIT, commit};
+use crate::engine::commit::{CommitError, DocWrite, commit};
 use crate::engine::consumer::{ConsumerSettings, PRIORITY_GROUP, StartError, ensure_consumer};
-use crate::engine::decode::{DecodeError, DecodedEvent, decode, trace_id};
-use crate::engine::fold::{ApplyError, EventFold, fold_event};
+use crate::engine::decode::decode;
 use crate::engine::health::now_ms;
-use crate::engine::parking::{HoldState, Marks, hold_keys, hold_state, record_of};
+use crate::engine::parking::{Marks, hold_keys, record_of};
 use crate::store::{self, CHECKPOINT_KEY, StoreError, StoredDoc};
 
-/// Documents read at once while prefetching a batch.
-const PREFETCH_CONCURRENCY: usize = 256;
 /// Attempts of a batch in place (with back-off from [`BATCH_RETRY_FIRST_DELAY`]) before it is
 /// taken apart (and again after every as many more).
 const BATCH_ATTEMPTS_IN_PLACE: u32 = 4;
@@ -39,54 +34,22 @@ const PROGRESS_ACK_MIN_INTERVAL: Duration = Duration::from_millis(100);
 /// Compare-and-set rounds of a checkpoint written on its own.
 const CHECKPOINT_CAS_ATTEMPTS: usize = 8;
 
-/// What to do with a message once its batch committed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Disposition {
-    Ack,
-    Term,
-}
-
-/// One message of a batch, decoded once.
-struct Item<'a> {
-    message: &'a Message,
-    seq: u64,
-    event: Result<DecodedEvent, DecodeError>,
-}
-
-/// A document as the batch in hand sees it.
-struct Working {
-    doc: Option<Value>,
-    revision: Option<u64>,
-    /// Whether `doc` came from the in-memory cache rather than from the bucket.
-    from_cache: bool,
-    /// Changed by this batch.
-    dirty: bool,
-}
-
-/// What one chunk of a batch counted.
-#[derive(Debug, Default, Clone, Copy)]
-struct Counts {
-    applied: u64,
-    skipped: u64,
-    duplicate: u64,
-}
-
 /// The consumer loop of one view.
 pub struct Projector {
-    rt: Arc<ViewRuntime>,
-    consumer: jetstream::consumer::Consumer<pull::Config>,
-    settings: ConsumerSettings,
-    cache: HashMap<String, StoredDoc>,
+    pub(super) rt: Arc<ViewRuntime>,
+    pub(super) consumer: jetstream::consumer::Consumer<pull::Config>,
+    pub(super) settings: ConsumerSettings,
+    pub(super) cache: HashMap<String, StoredDoc>,
     /// Documents read ahead for the batch in hand.
-    prefetched: HashMap<String, Option<StoredDoc>>,
+    pub(super) prefetched: HashMap<String, Option<StoredDoc>>,
     /// Marks and the parked bucket's last sequence they reflect.
-    marks: Option<(u64, Marks)>,
-    marks_seen: u64,
-    checkpoint_rev: Option<u64>,
-    checkpoint: u64,
-    js: jetstream::Context,
-    last_gap_check: Option<std::time::Instant>,
-    last_batch: Option<std::time::Instant>,
+    pub(super) marks: Option<(u64, Marks)>,
+    pub(super) marks_seen: u64,
+    pub(super) checkpoint_rev: Option<u64>,
+    pub(super) checkpoint: u64,
+    pub(super) js: jetstream::Context,
+    pub(super) last_gap_check: Option<std::time::Instant>,
+    pub(super) last_batch: Option<std::time::Instant>,
 }
 
 impl Projector {
@@ -385,7 +348,7 @@ impl Projector {
     }
 
     /// After a failure: nothing in memory is trusted (another writer may have been there).
-    async fn forget(&mut self) {
+    pub(super) async fn forget(&mut self) {
         self.cache.clear();
         self.rt.refresh_limits().await;
         self.marks = None;
@@ -398,7 +361,7 @@ impl Projector {
     /// The marks: listing them costs a consumer, so they are kept between batches and
     /// re-listed only when the parked bucket changed since (another instance, an admin retry
     /// or skip, our own parking), which one stream-info request tells.
-    async fn marks(&mut self) -> Result<Marks, StoreError> {
+    pub(super) async fn marks(&mut self) -> Result<Marks, StoreError> {
         let last = self
             .rt
             .parked
@@ -418,371 +381,9 @@ impl Projector {
         Ok(marks)
     }
 
-    /// Reads, concurrently, the documents the batch will touch that are not cached, so the
-    /// in-order fold does not wait for them one by one.
-    async fn prefetch(&mut self, items: &[Item<'_>]) -> Result<(), StoreError> {
-        let mut keys: Vec<String> = items
-            .iter()
-            .filter_map(|i| i.event.as_ref().ok())
-            .filter_map(|e| self.rt.event_keys(&e.env).ok())
-            .flatten()
-            .map(|(full, _)| full)
-            .filter(|k| !self.cache.contains_key(k))
-            .collect();
-        keys.sort_unstable();
-        keys.dedup();
-        let docs = &self.rt.docs;
-        let fetched: Vec<(String, Option<StoredDoc>)> = futures::stream::iter(keys)
-            .map(|k| async move { store::read_doc(docs, &k).await.map(|d| (k, d)) })
-            .buffer_unordered(PREFETCH_CONCURRENCY)
-            .try_collect()
-            .await?;
-        self.prefetched = fetched.into_iter().collect();
-        Ok(())
-    }
-
-    /// A document into the working set (from the cache, the prefetch or the bucket).
-    async fn load(
-        &mut self,
-        working: &mut HashMap<String, Working>,
-        key: &str,
-    ) -> Result<(), StoreError> {
-        if working.contains_key(key) {
-            return Ok(());
-        }
-        let (stored, from_cache) = if let Some(d) = self.cache.get(key) {
-            (Some(d.clone()), true)
-        } else if let Some(d) = self.prefetched.remove(key) {
-            (d, false)
-        } else {
-            (store::read_doc(&self.rt.docs, key).await?, false)
-        };
-        working.insert(
-            key.to_owned(),
-            Working {
-                revision: stored.as_ref().map(|d| d.revision),
-                doc: stored.map(|d| d.doc),
-                from_cache,
-                dirty: false,
-            },
-        );
-        Ok(())
-    }
-
-    /// One batch: fold, commit documents and checkpoint atomically, ack. A batch that touches
-    /// more documents than one atomic commit takes is committed in several chunks, in order.
-    async fn process(&mut self, batch: &[Message]) -> Result<(), StoreError> {
-        let mut items = Vec::with_capacity(batch.len());
-        for m in batch {
-            let seq = m
-                .info()
-                .map_err(|e| StoreError::new("reading message metadata", e))?
-                .stream_sequence;
-            // each body is decoded once, here: the prefetch and the fold share it
-            items.push(Item {
-                message: m,
-                seq,
-                event: decode(m.subject.as_str(), &m.payload),
-            });
-        }
-        self.prefetch(&items).await?;
-        let mut marks = self.marks().await?;
-        let mut done = 0;
-        while done < items.len() {
-            done += self.process_chunk(&items[done..], &mut marks).await?;
-        }
-        self.prefetched.clear();
-        self.marks = Some((self.marks_seen, marks));
-        Ok(())
-    }
-
-    /// Folds items from the start of `items` until one atomic commit is full, commits, acks.
-    /// Returns how many items it consumed (at least one).
-    async fn process_chunk(
-        &mut self,
-        items: &[Item<'_>],
-        marks: &mut Marks,
-    ) -> Result<usize, StoreError> {
-        let view = self.rt.view.clone();
-        let mut working: HashMap<String, Working> = HashMap::new();
-        let mut dirty_order: Vec<String> = Vec::new();
-        let mut dispositions = Vec::with_capacity(items.len());
-        let mut counts = Counts::default();
-        let mut parked_any = false;
-        let mut last_seq = self.checkpoint;
-        let mut last_occurred: Option<OffsetDateTime> = None;
-        for item in items {
-            let seq = item.seq;
-            let keys = match &item.event {
-                Ok(e) => self.rt.event_keys(&e.env),
-                Err(_) => Ok(Vec::new()),
-            };
-            // one commit holds the chunk's documents and the checkpoint
-            let room = keys.as_ref().map_or(0, Vec::len);
-            if !dispositions.is_empty() && dirty_order.len() + room + 1 > MAX_WRITES_PER_COMMIT {
-                break;
-            }
-            last_seq = last_seq.max(seq);
-            if seq <= self.checkpoint {
-                // done by an instance that held the pin before us
-                counts.duplicate += 1;
-                dispositions.push(Disposition::Ack);
-                continue;
-            }
-            let header_tp = item
-                .message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(shared::TRACEPARENT_HEADER))
-                .map(|v| v.as_str().to_owned());
-            let trace = trace_id(
-                item.event.as_ref().ok().map(|e| &e.env),
-                header_tp.as_deref(),
-            );
-            let span = tracing::info_span!("apply", view = %view.name(), seq, trace_id = %trace);
-            let address = match &item.event {
-                Ok(e) => Some(e.address.clone()),
-                Err(_) => AggregateAddress::parse_subject(item.message.subject.as_str()).ok(),
-            };
-            let stored_keys: Vec<String> = keys
-                .as_ref()
-                .map(|k| k.iter().map(|(f, _)| f.clone()).collect())
-                .unwrap_or_default();
-            let holds = hold_keys(address.as_ref(), &stored_keys);
-            // a cause that parks the event at once, before anything is folded
-            let refusal: Option<String> = match (&item.event, &keys) {
-                (Err(e), _) => Some(e.to_string()),
-                (_, Err(e)) => Some(e.to_string()),
-                _ => None,
-            };
-            match hold_state(marks, &holds, seq) {
-                HoldState::AlreadyParked => {
-                    dispositions.push(Disposition::Term);
-                    continue;
-                }
-                HoldState::Behind {
-                    first_seq,
-                    transient,
-                } => {
-                    let error = format!("parked behind seq {first_seq}");
-                    let record = record_of(
-                        item.message,
-                        seq,
-                        &error,
-                        address.as_ref(),
-                        holds,
-                        transient,
-                    );
-                    self.rt.park(record, marks).instrument(span).await?;
-                    parked_any = true;
-                    dispositions.push(Disposition::Term);
-                    continue;
-                }
-                HoldState::Free => {}
-            }
-            if let Some(error) = refusal {
-                let record = record_of(item.message, seq, &error, address.as_ref(), holds, false);
-                self.rt.park(record, marks).instrument(span).await?;
-                parked_any = true;
-                dispositions.push(Disposition::Term);
-                continue;
-            }
-            let (Ok(event), Ok(keys)) = (&item.event, &keys) else {
-                unreachable!("refused above")
-            };
-            if keys.is_empty() {
-                counts.skipped += 1;
-                dispositions.push(Disposition::Ack);
-                continue;
-            }
-            for (full, _) in keys {
-                self.load(&mut working, full).await?;
-            }
-            let mut result = self.fold_working(&working, keys, seq, event);
-            if matches!(result, Err(ref e) if e.is_permanent())
-                && keys
-                    .iter()
-                    .any(|(k, _)| working.get(k).is_some_and(|w| w.from_cache && !w.dirty))
-            {
-                // the cached documents may be stale (an admin retry or a previous active
-                // instance wrote them): a refusal only counts against the stored documents
-                for (full, _) in keys {
-                    if working.get(full).is_some_and(|w| w.from_cache && !w.dirty) {
-                        self.cache.remove(full);
-                        working.remove(full);
-                        let stored = store::read_doc(&self.rt.docs, full).await?;
-                        working.insert(
-                            full.clone(),
-                            Working {
-                                revision: stored.as_ref().map(|d| d.revision),
-                                doc: stored.map(|d| d.doc),
-                                from_cache: false,
-                                dirty: false,
-                            },
-                        );
-                    }
-                }
-                result = self.fold_working(&working, keys, seq, event);
-            }
-            let _enter = span.enter();
-            match result {
-                Ok(EventFold::Duplicate) => {
-                    counts.duplicate += 1;
-                    tracing::debug!("duplicate event skipped");
-                    dispositions.push(Disposition::Ack);
-                }
-                Ok(EventFold::Unknown) => {
-                    counts.skipped += 1;
-                    tracing::debug!(event_type = %event.env.event_type, "unknown event type skipped");
-                    dispositions.push(Disposition::Ack);
-                }
-                Ok(EventFold::Applied(changed)) => {
-                    for (key, doc) in changed {
-                        if let Some(w) = working.get_mut(&key) {
-                            if !w.dirty {
-                                dirty_order.push(key.clone());
-                            }
-                            w.doc = Some(doc);
-                            w.dirty = true;
-                        }
-                    }
-                    tracing::debug!(event_type = %event.env.event_type, "event applied");
-                    counts.applied += 1;
-                    last_occurred = Some(event.env.occurred_at);
-                    dispositions.push(Disposition::Ack);
-                }
-                Err(e) => {
-                    drop(_enter);
-                    let transient = !e.is_permanent();
-                    let record = record_of(
-                        item.message,
-                        seq,
-                        &e.to_string(),
-                        address.as_ref(),
-                        holds,
-                        transient,
-                    );
-                    self.rt.park(record, marks).instrument(span).await?;
-                    parked_any = true;
-                    dispositions.push(Disposition::Term);
-                }
-            }
-        }
-        self.commit_chunk(working, dirty_order, last_seq).await?;
-        if parked_any {
-            // our own parks moved the parked bucket on: re-list the marks for the next batch
-            // (another writer may have changed them meanwhile too)
-            self.marks_seen = 0;
-        }
-        let consumed = dispositions.len();
-        for (item, d) in items.iter().zip(dispositions) {
-            let r = match d {
-                Disposition::Ack => item.message.ack().await,
-                Disposition::Term => item.message.ack_with(AckKind::Term).await,
-            };
-            if let Err(e) = r {
-                // redelivered later and acknowledged as done (at or below the checkpoint)
-                tracing::debug!(error = %e, "ack failed");
-            }
-        }
-        self.record_metrics(counts, last_occurred);
-        Ok(consumed)
-    }
-
-    fn fold_working(
-        &self,
-        working: &HashMap<String, Working>,
-        keys: &[(String, String)],
-        seq: u64,
-        event: &DecodedEvent,
-    ) -> Result<EventFold, ApplyError> {
-        let docs = keys
-            .iter()
-            .map(|(full, local)| {
-                let doc = working.get(full).and_then(|w| w.doc.clone());
-                (full.clone(), local.clone(), doc)
-            })
-            .collect();
-        fold_event(
-            &*self.rt.view,
-            docs,
-            seq,
-            &event.env,
-            self.rt.max_doc_bytes(),
-        )
-    }
-
-    /// Writes the changed documents and the checkpoint in one atomic commit, then caches them.
-    async fn commit_chunk(
-        &mut self,
-        mut working: HashMap<String, Working>,
-        dirty_order: Vec<String>,
-        position: u64,
-    ) -> Result<(), StoreError> {
-        if dirty_order.is_empty() && position <= self.checkpoint && self.checkpoint_rev.is_some() {
-            return Ok(());
-        }
-        let mut writes: Vec<DocWrite> = dirty_order
-            .iter()
-            .filter_map(|k| {
-                let w = working.remove(k)?;
-                Some(DocWrite {
-                    key: k.clone(),
-                    doc: w.doc.unwrap_or(Value::Null),
-                    revision: w.revision,
-                })
-            })
-            .collect();
-        writes.push(DocWrite {
-            key: CHECKPOINT_KEY.to_owned(),
-            doc: self.checkpoint_doc(position.max(self.checkpoint)),
-            revision: self.checkpoint_rev,
-        });
-        let revisions = match commit(&self.js, &self.rt.docs, &writes).await {
-            Ok(r) => r,
-            Err(CommitError::Conflict) => {
-                return Err(StoreError::new(
-                    "committing the batch",
-                    "a document or the checkpoint changed since it was read (another writer); \
-                     nothing was written",
-                ));
-            }
-            Err(CommitError::Store(e)) => return Err(e),
-        };
-        if self.cache.len() + writes.len() > self.settings.cache_capacity {
-            self.cache.clear();
-        }
-        let checkpoint_rev = revisions.last().copied();
-        let n = writes.len();
-        for (w, rev) in writes.into_iter().zip(revisions).take(n - 1) {
-            self.cache.insert(
-                w.key,
-                StoredDoc {
-                    doc: w.doc,
-                    revision: rev,
-                },
-            );
-        }
-        self.checkpoint = position.max(self.checkpoint);
-        self.checkpoint_rev = checkpoint_rev;
-        Ok(())
-    }
-
-    fn record_metrics(&self, counts: Counts, last_occurred: Option<OffsetDateTime>) {
-        let labels = &self.rt.labels;
-        let m = &self.rt.metrics;
-        m.applied.get_or_create(labels).inc_by(counts.applied);
-        m.skipped.get_or_create(labels).inc_by(counts.skipped);
-        m.duplicate.get_or_create(labels).inc_by(counts.duplicate);
-        if let Some(at) = last_occurred {
-            let behind = (OffsetDateTime::now_utc() - at).as_seconds_f64().max(0.0);
-            m.behind_seconds.get_or_create(labels).set(behind);
-        }
-    }
-
     /// The checkpoint document: the position, who committed it and when (the status of the
     /// view reads the active instance and the last commit from it).
-    fn checkpoint_doc(&self, position: u64) -> Value {
+    pub(super) fn checkpoint_doc(&self, position: u64) -> Value {
         json!({"position": position, "instance": self.rt.instance, "at_ms": now_ms()})
     }
 
@@ -805,7 +406,7 @@ impl Projector {
     }
 
     /// Writes the checkpoint on its own (compare-and-set on its revision).
-    async fn write_checkpoint(&mut self, position: u64) -> Result<(), StoreError> {
+    pub(super) async fn write_checkpoint(&mut self, position: u64) -> Result<(), StoreError> {
         for _ in 0..CHECKPOINT_CAS_ATTEMPTS {
             if position <= self.checkpoint && self.checkpoint_rev.is_some() {
                 return Ok(());

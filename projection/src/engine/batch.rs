@@ -1,0 +1,432 @@
+//! Applying one batch: decode once, prefetch documents, fold every event into its documents in
+//! stream order (parking what cannot be applied), then commit the changed documents and the
+//! checkpoint atomically and acknowledge.
+
+use std::collections::HashMap;
+
+use async_nats::jetstream::Message;
+use async_nats::jetstream::message::AckKind;
+use futures::{StreamExt as _, TryStreamExt as _};
+use serde_json::Value;
+use shared::AggregateAddress;
+use time::OffsetDateTime;
+use tracing::Instrument as _;
+
+use crate::engine::commit::{CommitError, DocWrite, MAX_WRITES_PER_COMMIT, commit};
+use crate::engine::decode::{DecodeError, DecodedEvent, decode, trace_id};
+use crate::engine::fold::{ApplyError, EventFold, fold_event};
+use crate::engine::parking::{HoldState, Marks, hold_keys, hold_state, record_of};
+use crate::engine::projector::Projector;
+use crate::store::{self, CHECKPOINT_KEY, StoreError, StoredDoc};
+use crate::view::KeyError;
+
+/// Documents read at once while prefetching a batch.
+const PREFETCH_CONCURRENCY: usize = 256;
+
+/// What to do with a message once its batch committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Disposition {
+    Ack,
+    Term,
+}
+
+/// One message of a batch, decoded once.
+struct Item<'a> {
+    message: &'a Message,
+    seq: u64,
+    event: Result<DecodedEvent, DecodeError>,
+}
+
+/// A document as the batch in hand sees it.
+struct Working {
+    doc: Option<Value>,
+    revision: Option<u64>,
+    /// Whether `doc` came from the in-memory cache rather than from the bucket.
+    from_cache: bool,
+    /// Changed by this batch.
+    dirty: bool,
+}
+
+/// What one commit's worth of a batch holds while it is folded.
+#[derive(Default)]
+struct Chunk {
+    /// The documents read or changed, by stored key.
+    working: HashMap<String, Working>,
+    /// The changed ones, in the order they first changed.
+    dirty_order: Vec<String>,
+    /// What to do with each message once committed.
+    dispositions: Vec<Disposition>,
+    counts: Counts,
+    parked_any: bool,
+    /// The checkpoint this commit writes.
+    last_seq: u64,
+    last_occurred: Option<OffsetDateTime>,
+}
+
+/// What one chunk of a batch counted.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
+    applied: u64,
+    skipped: u64,
+    duplicate: u64,
+}
+
+impl Projector {
+    /// Reads, concurrently, the documents the batch will touch that are not cached, so the
+    /// in-order fold does not wait for them one by one.
+    async fn prefetch(&mut self, items: &[Item<'_>]) -> Result<(), StoreError> {
+        let mut keys: Vec<String> = items
+            .iter()
+            .filter_map(|i| i.event.as_ref().ok())
+            .filter_map(|e| self.rt.event_keys(&e.env).ok())
+            .flatten()
+            .map(|(full, _)| full)
+            .filter(|k| !self.cache.contains_key(k))
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let docs = &self.rt.docs;
+        let fetched: Vec<(String, Option<StoredDoc>)> = futures::stream::iter(keys)
+            .map(|k| async move { store::read_doc(docs, &k).await.map(|d| (k, d)) })
+            .buffer_unordered(PREFETCH_CONCURRENCY)
+            .try_collect()
+            .await?;
+        self.prefetched = fetched.into_iter().collect();
+        Ok(())
+    }
+
+    /// A document into the working set (from the cache, the prefetch or the bucket).
+    async fn load(
+        &mut self,
+        working: &mut HashMap<String, Working>,
+        key: &str,
+    ) -> Result<(), StoreError> {
+        if working.contains_key(key) {
+            return Ok(());
+        }
+        let (stored, from_cache) = if let Some(d) = self.cache.get(key) {
+            (Some(d.clone()), true)
+        } else if let Some(d) = self.prefetched.remove(key) {
+            (d, false)
+        } else {
+            (store::read_doc(&self.rt.docs, key).await?, false)
+        };
+        working.insert(
+            key.to_owned(),
+            Working {
+                revision: stored.as_ref().map(|d| d.revision),
+                doc: stored.map(|d| d.doc),
+                from_cache,
+                dirty: false,
+            },
+        );
+        Ok(())
+    }
+
+    /// One batch: fold, commit documents and checkpoint atomically, ack. A batch that touches
+    /// more documents than one atomic commit takes is committed in several chunks, in order.
+    pub(super) async fn process(&mut self, batch: &[Message]) -> Result<(), StoreError> {
+        let mut items = Vec::with_capacity(batch.len());
+        for m in batch {
+            let seq = m
+                .info()
+                .map_err(|e| StoreError::new("reading message metadata", e))?
+                .stream_sequence;
+            // each body is decoded once, here: the prefetch and the fold share it
+            items.push(Item {
+                message: m,
+                seq,
+                event: decode(m.subject.as_str(), &m.payload),
+            });
+        }
+        self.prefetch(&items).await?;
+        let mut marks = self.marks().await?;
+        let mut done = 0;
+        while done < items.len() {
+            done += self.process_chunk(&items[done..], &mut marks).await?;
+        }
+        self.prefetched.clear();
+        self.marks = Some((self.marks_seen, marks));
+        Ok(())
+    }
+
+    /// Folds items from the start of `items` until one atomic commit is full, commits, acks.
+    /// Returns how many items it consumed (at least one).
+    async fn process_chunk(
+        &mut self,
+        items: &[Item<'_>],
+        marks: &mut Marks,
+    ) -> Result<usize, StoreError> {
+        let mut chunk = Chunk {
+            last_seq: self.checkpoint,
+            ..Chunk::default()
+        };
+        for item in items {
+            let keys = match &item.event {
+                Ok(e) => self.rt.event_keys(&e.env),
+                Err(_) => Ok(Vec::new()),
+            };
+            // one commit holds the chunk's documents and the checkpoint
+            let room = keys.as_ref().map_or(0, Vec::len);
+            if !chunk.dispositions.is_empty()
+                && chunk.dirty_order.len() + room + 1 > MAX_WRITES_PER_COMMIT
+            {
+                break;
+            }
+            chunk.last_seq = chunk.last_seq.max(item.seq);
+            let disposition = if item.seq <= self.checkpoint {
+                // done by an instance that held the pin before us
+                chunk.counts.duplicate += 1;
+                Disposition::Ack
+            } else {
+                self.apply_item(item, keys, &mut chunk, marks).await?
+            };
+            chunk.dispositions.push(disposition);
+        }
+        let dispositions = std::mem::take(&mut chunk.dispositions);
+        self.commit_chunk(chunk.working, chunk.dirty_order, chunk.last_seq)
+            .await?;
+        if chunk.parked_any {
+            // our own parks moved the parked bucket on: re-list the marks for the next batch
+            // (another writer may have changed them meanwhile too)
+            self.marks_seen = 0;
+        }
+        let consumed = dispositions.len();
+        for (item, d) in items.iter().zip(dispositions) {
+            let r = match d {
+                Disposition::Ack => item.message.ack().await,
+                Disposition::Term => item.message.ack_with(AckKind::Term).await,
+            };
+            if let Err(e) = r {
+                // redelivered later and acknowledged as done (at or below the checkpoint)
+                tracing::debug!(error = %e, "ack failed");
+            }
+        }
+        self.record_metrics(chunk.counts, chunk.last_occurred);
+        Ok(consumed)
+    }
+
+    /// One event after the checkpoint: parked behind a mark, parked for a cause found before
+    /// folding (undecodable, invalid key), skipped, or folded into the chunk's documents.
+    async fn apply_item(
+        &mut self,
+        item: &Item<'_>,
+        keys: Result<Vec<(String, String)>, KeyError>,
+        chunk: &mut Chunk,
+        marks: &mut Marks,
+    ) -> Result<Disposition, StoreError> {
+        let seq = item.seq;
+        let header_tp = item
+            .message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(shared::TRACEPARENT_HEADER))
+            .map(|v| v.as_str().to_owned());
+        let trace = trace_id(
+            item.event.as_ref().ok().map(|e| &e.env),
+            header_tp.as_deref(),
+        );
+        let span =
+            tracing::info_span!("apply", view = %self.rt.view.name(), seq, trace_id = %trace);
+        let address = match &item.event {
+            Ok(e) => Some(e.address.clone()),
+            Err(_) => AggregateAddress::parse_subject(item.message.subject.as_str()).ok(),
+        };
+        let stored_keys: Vec<String> = keys
+            .as_ref()
+            .map(|k| k.iter().map(|(f, _)| f.clone()).collect())
+            .unwrap_or_default();
+        let holds = hold_keys(address.as_ref(), &stored_keys);
+        let park = |error: &str, transient: bool, holds: Vec<String>| {
+            record_of(item.message, seq, error, address.as_ref(), holds, transient)
+        };
+        // held back behind a parked event, or a cause that parks it before folding
+        let record = match (hold_state(marks, &holds, seq), &item.event, &keys) {
+            (HoldState::AlreadyParked, _, _) => return Ok(Disposition::Term),
+            (
+                HoldState::Behind {
+                    first_seq,
+                    transient,
+                },
+                _,
+                _,
+            ) => Some(park(
+                &format!("parked behind seq {first_seq}"),
+                transient,
+                holds.clone(),
+            )),
+            (HoldState::Free, Err(e), _) => Some(park(&e.to_string(), false, holds.clone())),
+            (HoldState::Free, _, Err(e)) => Some(park(&e.to_string(), false, holds.clone())),
+            (HoldState::Free, Ok(_), Ok(_)) => None,
+        };
+        if let Some(record) = record {
+            self.rt.park(record, marks).instrument(span).await?;
+            chunk.parked_any = true;
+            return Ok(Disposition::Term);
+        }
+        let (Ok(event), Ok(keys)) = (&item.event, &keys) else {
+            unreachable!("parked above")
+        };
+        if keys.is_empty() {
+            chunk.counts.skipped += 1;
+            return Ok(Disposition::Ack);
+        }
+        let result = self.fold_item(&mut chunk.working, keys, seq, event).await?;
+        let _enter = span.enter();
+        match result {
+            Ok(EventFold::Duplicate) => {
+                chunk.counts.duplicate += 1;
+                tracing::debug!("duplicate event skipped");
+                Ok(Disposition::Ack)
+            }
+            Ok(EventFold::Unknown) => {
+                chunk.counts.skipped += 1;
+                tracing::debug!(event_type = %event.env.event_type, "unknown event type skipped");
+                Ok(Disposition::Ack)
+            }
+            Ok(EventFold::Applied(changed)) => {
+                for (key, doc) in changed {
+                    if let Some(w) = chunk.working.get_mut(&key) {
+                        if !w.dirty {
+                            chunk.dirty_order.push(key.clone());
+                        }
+                        w.doc = Some(doc);
+                        w.dirty = true;
+                    }
+                }
+                tracing::debug!(event_type = %event.env.event_type, "event applied");
+                chunk.counts.applied += 1;
+                chunk.last_occurred = Some(event.env.occurred_at);
+                Ok(Disposition::Ack)
+            }
+            Err(e) => {
+                drop(_enter);
+                let record = park(&e.to_string(), !e.is_permanent(), holds);
+                self.rt.park(record, marks).instrument(span).await?;
+                chunk.parked_any = true;
+                Ok(Disposition::Term)
+            }
+        }
+    }
+
+    /// Folds one event into the working set's documents (loading them first). A refusal
+    /// against cached documents is checked again against the stored ones: the cache may be
+    /// stale (an admin retry or a previous active instance wrote them).
+    async fn fold_item(
+        &mut self,
+        working: &mut HashMap<String, Working>,
+        keys: &[(String, String)],
+        seq: u64,
+        event: &DecodedEvent,
+    ) -> Result<Result<EventFold, ApplyError>, StoreError> {
+        for (full, _) in keys {
+            self.load(working, full).await?;
+        }
+        let result = self.fold_working(working, keys, seq, event);
+        let stale = |w: &Working| w.from_cache && !w.dirty;
+        if !matches!(result, Err(ref e) if e.is_permanent())
+            || !keys.iter().any(|(k, _)| working.get(k).is_some_and(stale))
+        {
+            return Ok(result);
+        }
+        for (full, _) in keys {
+            if working.get(full).is_some_and(stale) {
+                self.cache.remove(full);
+                working.remove(full);
+                self.load(working, full).await?;
+            }
+        }
+        Ok(self.fold_working(working, keys, seq, event))
+    }
+
+    fn fold_working(
+        &self,
+        working: &HashMap<String, Working>,
+        keys: &[(String, String)],
+        seq: u64,
+        event: &DecodedEvent,
+    ) -> Result<EventFold, ApplyError> {
+        let docs = keys
+            .iter()
+            .map(|(full, local)| {
+                let doc = working.get(full).and_then(|w| w.doc.clone());
+                (full.clone(), local.clone(), doc)
+            })
+            .collect();
+        fold_event(
+            &*self.rt.view,
+            docs,
+            seq,
+            &event.env,
+            self.rt.max_doc_bytes(),
+        )
+    }
+
+    /// Writes the changed documents and the checkpoint in one atomic commit, then caches them.
+    async fn commit_chunk(
+        &mut self,
+        mut working: HashMap<String, Working>,
+        dirty_order: Vec<String>,
+        position: u64,
+    ) -> Result<(), StoreError> {
+        if dirty_order.is_empty() && position <= self.checkpoint && self.checkpoint_rev.is_some() {
+            return Ok(());
+        }
+        let mut writes: Vec<DocWrite> = dirty_order
+            .iter()
+            .filter_map(|k| {
+                let w = working.remove(k)?;
+                Some(DocWrite {
+                    key: k.clone(),
+                    doc: w.doc.unwrap_or(Value::Null),
+                    revision: w.revision,
+                })
+            })
+            .collect();
+        writes.push(DocWrite {
+            key: CHECKPOINT_KEY.to_owned(),
+            doc: self.checkpoint_doc(position.max(self.checkpoint)),
+            revision: self.checkpoint_rev,
+        });
+        let revisions = match commit(&self.js, &self.rt.docs, &writes).await {
+            Ok(r) => r,
+            Err(CommitError::Conflict) => {
+                return Err(StoreError::new(
+                    "committing the batch",
+                    "a document or the checkpoint changed since it was read (another writer); \
+                     nothing was written",
+                ));
+            }
+            Err(CommitError::Store(e)) => return Err(e),
+        };
+        if self.cache.len() + writes.len() > self.settings.cache_capacity {
+            self.cache.clear();
+        }
+        let checkpoint_rev = revisions.last().copied();
+        let n = writes.len();
+        for (w, rev) in writes.into_iter().zip(revisions).take(n - 1) {
+            self.cache.insert(
+                w.key,
+                StoredDoc {
+                    doc: w.doc,
+                    revision: rev,
+                },
+            );
+        }
+        self.checkpoint = position.max(self.checkpoint);
+        self.checkpoint_rev = checkpoint_rev;
+        Ok(())
+    }
+
+    fn record_metrics(&self, counts: Counts, last_occurred: Option<OffsetDateTime>) {
+        let labels = &self.rt.labels;
+        let m = &self.rt.metrics;
+        m.applied.get_or_create(labels).inc_by(counts.applied);
+        m.skipped.get_or_create(labels).inc_by(counts.skipped);
+        m.duplicate.get_or_create(labels).inc_by(counts.duplicate);
+        if let Some(at) = last_occurred {
+            let behind = (OffsetDateTime::now_utc() - at).as_seconds_f64().max(0.0);
+            m.behind_seconds.get_or_create(labels).set(behind);
+        }
+    }
+}

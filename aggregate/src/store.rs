@@ -164,22 +164,6 @@ pub enum PublishFailure {
     Core(#[source] async_nats::PublishError),
 }
 
-/// Whether a JetStream publish error says the expected last sequence did not hold, by kind or
-/// by the server's error code (10071; 10164 is the same check reported for an atomic batch,
-/// which the client maps to `Other`).
-fn is_wrong_last_sequence(e: &jetstream::context::PublishError) -> bool {
-    e.kind() == PublishErrorKind::WrongLastSequence
-        || std::error::Error::source(e)
-            .and_then(|s| s.downcast_ref::<jetstream::Error>())
-            .is_some_and(|api| {
-                matches!(
-                    api.error_code(),
-                    jetstream::ErrorCode::STREAM_WRONG_LAST_SEQUENCE
-                        | jetstream::ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT
-                )
-            })
-}
-
 /// The event store on one JetStream context.
 #[derive(Clone)]
 pub struct EventStore {
@@ -519,7 +503,7 @@ impl EventStore {
         body: Bytes,
     ) -> Result<u64, AppendError> {
         let publish_err = |e: jetstream::context::PublishError| {
-            if is_wrong_last_sequence(&e) {
+            if platform::nats::is_wrong_last_sequence(&e) {
                 AppendError::Conflict
             } else if e.kind() == PublishErrorKind::MaxPayloadExceeded {
                 AppendError::TooLarge

@@ -191,6 +191,23 @@ pub fn require_connected(client: &async_nats::Client, args: &NatsArgs) -> anyhow
     }
 }
 
+/// Whether a JetStream publish error says the expected last (subject) sequence did not hold:
+/// by kind, or by the server's error code (10071; 10164 is the same check reported for an
+/// atomic batch, which the client maps to `Other`). Never by the message's text. The write
+/// side's conditional append and the read side's compare-and-set commit both ask this.
+pub fn is_wrong_last_sequence(e: &jetstream::context::PublishError) -> bool {
+    e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence
+        || std::error::Error::source(e)
+            .and_then(|s| s.downcast_ref::<jetstream::Error>())
+            .is_some_and(|api| {
+                matches!(
+                    api.error_code(),
+                    jetstream::ErrorCode::STREAM_WRONG_LAST_SEQUENCE
+                        | jetstream::ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT
+                )
+            })
+}
+
 /// Whether the client is connected right now (readiness).
 pub fn is_connected(client: &async_nats::Client) -> bool {
     client.connection_state() == async_nats::connection::State::Connected

@@ -8,7 +8,6 @@
 //! batch; the projector commits more often when a batch touches more documents.
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use serde_json::Value;
@@ -59,24 +58,8 @@ fn subject(kv: &kv::Store, key: &str) -> String {
     format!("{}{key}", kv.put_prefix.as_deref().unwrap_or(&kv.prefix))
 }
 
-/// Whether a publish error says an expected last subject sequence did not hold: by kind, or by
-/// the server's error code (10071; 10164 is the same check reported for an atomic batch, which
-/// the client maps to `Other`). Never by the message's text.
-fn is_wrong_last_sequence(e: &jetstream::context::PublishError) -> bool {
-    e.kind() == PublishErrorKind::WrongLastSequence
-        || std::error::Error::source(e)
-            .and_then(|s| s.downcast_ref::<jetstream::Error>())
-            .is_some_and(|api| {
-                matches!(
-                    api.error_code(),
-                    jetstream::ErrorCode::STREAM_WRONG_LAST_SEQUENCE
-                        | jetstream::ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT
-                )
-            })
-}
-
 fn publish_error(e: &jetstream::context::PublishError, what: &str) -> CommitError {
-    if is_wrong_last_sequence(e) {
+    if platform::nats::is_wrong_last_sequence(e) {
         CommitError::Conflict
     } else {
         CommitError::Store(StoreError::new(what.to_owned(), e.to_string()))

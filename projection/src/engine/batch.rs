@@ -399,9 +399,6 @@ impl Projector {
             }
             Err(CommitError::Store(e)) => return Err(e),
         };
-        if self.cache.len() + writes.len() > self.settings.cache_capacity {
-            self.cache.clear();
-        }
         let checkpoint_rev = revisions.last().copied();
         let n = writes.len();
         for (w, rev) in writes.into_iter().zip(revisions).take(n - 1) {

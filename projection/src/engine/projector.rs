@@ -39,7 +39,9 @@ pub struct Projector {
     pub(super) rt: Arc<ViewRuntime>,
     pub(super) consumer: jetstream::consumer::Consumer<pull::Config>,
     pub(super) settings: ConsumerSettings,
-    pub(super) cache: HashMap<String, StoredDoc>,
+    /// Documents this instance committed last, by stored key: bounded (least recently used
+    /// go first), never trusted after a failure or an idle spell (see [`Projector::forget`]).
+    pub(super) cache: quick_cache::unsync::Cache<String, StoredDoc>,
     /// Documents read ahead for the batch in hand.
     pub(super) prefetched: HashMap<String, Option<StoredDoc>>,
     /// Marks and the parked bucket's last sequence they reflect.
@@ -62,11 +64,12 @@ impl Projector {
         let consumer =
             ensure_consumer(js, &settings.consumer_config(&*rt.view, rt.generation)).await?;
         let (checkpoint, checkpoint_rev) = store::read_checkpoint(&rt.docs).await?;
+        let cache = quick_cache::unsync::Cache::new(settings.cache_capacity.max(1));
         Ok(Projector {
             rt,
             consumer,
             settings,
-            cache: HashMap::new(),
+            cache,
             prefetched: HashMap::new(),
             marks: None,
             marks_seen: 0,

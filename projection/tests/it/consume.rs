@@ -188,6 +188,35 @@ async fn two_instances_on_one_durable_apply_every_event_exactly_once() {
     two.stop().await;
 }
 
+/// A document cache far smaller than the documents in play evicts some and keeps the rest
+/// (it never empties as a whole): every event is still folded exactly once, the documents agree
+/// with the aggregates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_document_cache_smaller_than_the_working_set_still_folds_every_event_once() {
+    let server = NatsServer::start();
+    let agg = Arc::new(aggregate(&server).await);
+    let p = projection_with(
+        &server,
+        &["--cache-capacity", "3"],
+        projection::default_views(),
+    )
+    .await;
+    let (accounts, last) = write_load(&agg, "acme", 20, 10).await;
+    p.caught_up("accounts", last, Duration::from_secs(60)).await;
+    assert_views_match(&p, &agg, &accounts).await;
+    assert_eq!(p.counter("events_applied", "accounts"), 200);
+    assert_eq!(p.counter("events_duplicate", "accounts"), 0);
+    assert_eq!(p.counter("events_parked", "accounts"), 0);
+    p.caught_up("tenant-summary", last, Duration::from_secs(30))
+        .await;
+    let (status, body) = p.get("/v1/tenants/acme/views/tenant-summary/summary").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["document"]["open_accounts"], 20);
+    // per account: 6 deposits of 2, 3 withdrawals of 1
+    assert_eq!(body["document"]["totals"]["EUR"], 20 * 9);
+    p.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_instance_is_replaced_and_views_converge_without_double_apply() {
     let server = NatsServer::start();

@@ -61,6 +61,11 @@ unused-deps:
 gate-json:
     scripts/gate-json.sh --write
 
+# regenerate the console's screenshots in docs/console/ (the console's end-to-end test, in a real browser)
+[group('dev')]
+console-screenshots:
+    CONSOLE_SCREENSHOTS={{justfile_directory()}}/docs/console cargo nextest run -p e2e --test it --no-tests=fail console::
+
 # benchmarks against raw JetStream in the same run (`just bench --quick` for a smoke run)
 [group('bench')]
 bench *args:

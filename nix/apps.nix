@@ -4,7 +4,8 @@
 # only a JetStream-enabled nats-server on 127.0.0.1:4222.
 #
 # They work from any directory (e.g. `nix run github:<owner>/<repo>`): the stack script, the
-# gateway template and the token tool come from the derivation, not from the current directory.
+# gateway template, the console and the token tool come from the derivation, not from the
+# current directory.
 # Data go to ./.data inside a checkout (a directory with flake.nix and scripts/stack.sh, here or
 # above), else to $XDG_STATE_HOME/nats-es (~/.local/state/nats-es); STACK_DIR overrides both.
 {
@@ -20,6 +21,7 @@
     cp ${../scripts/token.py} $out/share/nats-es/scripts/token.py
     cp ${../gateway/nginx.conf.template} $out/share/nats-es/gateway/nginx.conf.template
     cp ${../gateway/headers.conf} $out/share/nats-es/gateway/headers.conf
+    cp -R ${../gateway/console} $out/share/nats-es/gateway/console
     chmod +x $out/share/nats-es/scripts/stack.sh
   '';
 

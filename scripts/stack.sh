@@ -359,13 +359,33 @@ cmd_up() {
     cors_origins+="        \"$origin\" \$http_origin;"$'\n'
   done
   [[ -n $cors_origins ]] || cors_origins="        # CORS_ALLOWED_ORIGINS is empty: CORS is off"$'\n'
+  # per instance: its /readyz and its GET /v1/admin/health under /instances/<name>/, and the
+  # list of instances at /instances (the console's Health page)
+  local inst_routes="" inst_json="" svc i
+  for svc in aggregate projection; do
+    local ports_var=${svc^^}_PORTS
+    i=0
+    for p in ${!ports_var}; do
+      name=$svc-$((++i))
+      inst_routes+="        location = /instances/$name/readyz { proxy_pass http://127.0.0.1:$p/readyz; }"$'\n'
+      inst_routes+="        location = /instances/$name/health { proxy_pass http://127.0.0.1:$p/v1/admin/health; }"$'\n'
+      inst_json+="${inst_json:+,}{\"name\":\"$name\",\"service\":\"$svc\"}"
+    done
+  done
+  inst_routes+="        location = /instances { return 200 '{\"instances\":[$inst_json]}\\n'; }"
   conf=$(<"$ROOT/gateway/nginx.conf.template")
+  conf=${conf//@INSTANCE_ROUTES@/"$inst_routes"}
   conf=${conf//@CORS_ORIGINS@/"${cors_origins%$'\n'}"}
   conf=${conf//@GATEWAY_PORT@/"$GATEWAY_PORT"}
   conf=${conf//@AGGREGATE_SERVERS@/"${agg_servers%$'\n'}"}
   conf=${conf//@PROJECTION_SERVERS@/"${proj_servers%$'\n'}"}
   printf '%s\n' "$conf" >"$STACK_DIR/gateway/nginx.conf"
   cp "$ROOT/gateway/headers.conf" "$STACK_DIR/gateway/headers.conf"
+  # the console's static files (read-only when they come from the Nix store: made writable so
+  # that the next `up` can replace them)
+  rm -rf "$STACK_DIR/gateway/console"
+  cp -R "$ROOT/gateway/console" "$STACK_DIR/gateway/console"
+  chmod -R u+w "$STACK_DIR/gateway/console"
   local nginx_args=(-p "$STACK_DIR/" -c "$STACK_DIR/gateway/nginx.conf")
   if ! "$nginx" -t -q "${nginx_args[@]}" -e /dev/null 2>"$STACK_DIR/gateway/nginx-t.out"; then
     sed 's/^/    /' "$STACK_DIR/gateway/nginx-t.out" >&2
@@ -447,14 +467,22 @@ start_nats_cluster() {
 }
 
 summary() {
-  local secret=$1 nats_url=$2 gw=http://127.0.0.1:$GATEWAY_PORT token acc p i monitors
+  local secret=$1 nats_url=$2 gw=http://127.0.0.1:$GATEWAY_PORT token acc p i monitors console
   token=$(mint_token "$secret" acme) || token='<install python3, then: just token acme>'
+  # the console signs in with an admin token for acme, given in the URL's fragment: a browser
+  # never sends the fragment to a server, so it reaches no log
+  if console=$(mint_token "$secret" acme --admin --sub console); then
+    console="$gw/console/#token=$console"
+  else
+    console="$gw/console/ (install python3 for a sign-in link; paste a token from scripts/token.py --admin)"
+  fi
   acc=acc-$(date +%s)
   cat <<EOF
 
 The stack is up ($STACK_DIR).
 
   gateway      $gw   (routes /v1/tenants/{t}/aggregates/..., /v1/tenants/{t}/views/..., /v1/admin/...)
+  console      $console
 EOF
   if ((CLUSTER)); then
     monitors=""

@@ -53,6 +53,10 @@ pub struct EventsQuery {
     /// First version to return (default 1).
     #[serde(default)]
     pub from_version: Option<u64>,
+    /// At most this many events, 1 to 1000 (default: all from `from_version`); the console
+    /// pages an aggregate's history newest first with it. Not with `follow=true`.
+    #[serde(default)]
+    pub limit: Option<u64>,
     /// `true`: answer a live feed (`text/event-stream`): the events from `from_version`, then
     /// every new one as it is appended; `Last-Event-ID` (a stream position) resumes after it.
     #[serde(default)]
@@ -218,6 +222,16 @@ pub(crate) async fn events(
     headers: HeaderMap,
     ApiQuery(q): ApiQuery<EventsQuery>,
 ) -> Result<Response, Problem> {
+    if let Some(limit) = q.limit {
+        if !(1..=1000).contains(&limit) {
+            return Err(Problem::invalid_query("limit must be between 1 and 1000"));
+        }
+        if q.follow == Some(true) {
+            return Err(Problem::invalid_query(
+                "limit pages a history; a live feed (follow=true) has none",
+            ));
+        }
+    }
     let address = address(&runtime, &ids)?;
     if q.follow == Some(true) {
         return live
@@ -234,8 +248,12 @@ pub(crate) async fn events(
         .events(&address, Version(q.from_version.unwrap_or(1)))
         .await
         .map_err(problem)?;
+    let take = q
+        .limit
+        .map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX));
     let events: Vec<_> = stored
         .into_iter()
+        .take(take)
         .map(|s| json!({"position": s.seq, "event": s.event}))
         .collect();
     Ok(axum::Json(json!({ "events": events })).into_response())

@@ -118,6 +118,8 @@ pub struct App {
     pub draining: Arc<AtomicBool>,
     /// The live feeds, ended at shutdown.
     pub live: Arc<live::Live>,
+    /// This instance's id (`INSTANCE_ID`).
+    pub instance: String,
 }
 
 /// Connects, makes sure the stream is there and compatible, and builds the runtime.
@@ -170,12 +172,18 @@ pub async fn start(config: &Config, aggregates: Vec<Arc<dyn DynAggregate>>) -> a
         client,
         metrics,
         draining: Arc::new(AtomicBool::new(false)),
+        instance: config.service.instance(),
     })
 }
 
 /// The complete router: API (behind auth) plus ops routes, in the shared middleware stack.
 pub fn app(app: &App, auth: Authenticator, http: HttpSettings) -> Router {
     let api = http::routes(app.runtime.clone())
+        .merge(platform::health::routes(
+            app.client.clone(),
+            "aggregate",
+            app.instance.clone(),
+        ))
         .route_layer(axum::middleware::from_fn_with_state(
             auth.clone(),
             platform::auth::require_auth,

@@ -47,8 +47,8 @@ pub struct EventsDoc {
         title = "aggregate",
         description = "The write side: commands in, events appended to JetStream. Errors are application/problem+json."
     ),
-    paths(crate::http::command, crate::http::state, crate::http::events, crate::live::tenant_events),
-    components(schemas(crate::http::CommandBody, OutcomeDoc, StateDoc, EventsDoc, platform::problem::ProblemDetails)),
+    paths(crate::http::command, crate::http::state, crate::http::events, crate::live::tenant_events, platform::health::admin_health),
+    components(schemas(crate::http::CommandBody, OutcomeDoc, StateDoc, EventsDoc, platform::health::AdminHealth, platform::problem::ProblemDetails)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;

@@ -8,11 +8,13 @@
 //! - [`telemetry`]: tracing subscriber setup for binaries.
 //! - [`nats`]: NATS connection options and ownership of the events stream.
 //! - [`auth`]: bearer JWT authentication and tenant isolation.
+//! - [`health`]: `GET /v1/admin/health`, an instance's NATS connection and the stream's state.
 //! - [`openapi`]: the bearer scheme, the problem schema and `/openapi.json`.
 //! - [`shutdown`]: SIGTERM / Ctrl-C handling and bounded graceful drain.
 //! - [`service`]: the flags every service has, and the serve-and-drain loop.
 
 pub mod auth;
+pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod nats;

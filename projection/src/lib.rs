@@ -245,6 +245,11 @@ pub fn app(app: &App, auth: Authenticator, http: HttpSettings) -> Router {
         app.generations.clone(),
         app.min_position_timeout,
     )
+    .merge(platform::health::routes(
+        app.client.clone(),
+        "projection",
+        app.generations.instance.clone(),
+    ))
     .route_layer(axum::middleware::from_fn_with_state(
         auth.clone(),
         platform::auth::require_auth,

@@ -52,7 +52,8 @@ pub struct ParkedDoc {
         crate::http::retry,
         crate::http::skip,
         crate::http::start_rebuild,
-        crate::http::rebuild_status
+        crate::http::rebuild_status,
+        platform::health::admin_health
     ),
     components(schemas(
         DocumentDoc,
@@ -62,6 +63,7 @@ pub struct ParkedDoc {
         crate::engine::ViewStatus,
         crate::engine::ViewState,
         crate::engine::RebuildProgress,
+        platform::health::AdminHealth,
         platform::problem::ProblemDetails
     )),
     modifiers(&BearerAuth)

@@ -135,6 +135,128 @@ impl Browser {
         .await;
     }
 
+    /// Runs `script` in the page (a function body: `arguments` are `args`, `return` gives the
+    /// result; WebDriver "execute script").
+    pub async fn run(&self, script: &str, args: Vec<Value>) -> Value {
+        self.call(
+            "POST",
+            &format!("{}/execute/sync", self.session),
+            json!({"script": script, "args": args}),
+        )
+        .await
+    }
+
+    /// Runs `script` (as [`Browser::run`]) every 100 ms until it returns something other than
+    /// `null`, `false`, `""` or `0`, and returns that. Fails after `timeout` with `what`, the
+    /// last value seen and the page's visible text.
+    pub async fn wait_for(&self, what: &str, script: &str, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let value = self.run(script, vec![]).await;
+            let truthy = match &value {
+                Value::Null | Value::Bool(false) => false,
+                Value::String(s) => !s.is_empty(),
+                Value::Number(n) => n.as_f64() != Some(0.0),
+                _ => true,
+            };
+            if truthy {
+                return value;
+            }
+            if Instant::now() >= deadline {
+                let text = self
+                    .run(
+                        "return document.body ? document.body.innerText : ''",
+                        vec![],
+                    )
+                    .await;
+                panic!(
+                    "waited {timeout:?} for {what}; last value {value}; the page shows:\n{}",
+                    text.as_str().unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The WebDriver id of the first element matching the CSS `selector` (fails when none).
+    async fn element(&self, selector: &str) -> String {
+        let found = self
+            .call(
+                "POST",
+                &format!("{}/element", self.session),
+                json!({"using": "css selector", "value": selector}),
+            )
+            .await;
+        found
+            .as_object()
+            .and_then(|o| o.values().next())
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("no element id for {selector}: {found}"))
+            .to_owned()
+    }
+
+    /// Clicks the element matching `selector` as a user would (scrolled into view; fails when
+    /// it is hidden or covered).
+    pub async fn click(&self, selector: &str) {
+        let id = self.element(selector).await;
+        self.call(
+            "POST",
+            &format!("{}/element/{id}/click", self.session),
+            json!({}),
+        )
+        .await;
+    }
+
+    /// Replaces the text of the input or textarea matching `selector` by typing `text`.
+    pub async fn type_into(&self, selector: &str, text: &str) {
+        let id = self.element(selector).await;
+        self.call(
+            "POST",
+            &format!("{}/element/{id}/clear", self.session),
+            json!({}),
+        )
+        .await;
+        self.call(
+            "POST",
+            &format!("{}/element/{id}/value", self.session),
+            json!({"text": text}),
+        )
+        .await;
+    }
+
+    /// Sends keys to the element matching `selector` (WebDriver key codes such as `\u{E007}`
+    /// for Enter), as a keyboard user would.
+    pub async fn keys(&self, selector: &str, keys: &str) {
+        let id = self.element(selector).await;
+        self.call(
+            "POST",
+            &format!("{}/element/{id}/value", self.session),
+            json!({"text": keys}),
+        )
+        .await;
+    }
+
+    /// Resizes the window (outer size, CSS pixels).
+    pub async fn set_window_size(&self, width: u32, height: u32) {
+        self.call(
+            "POST",
+            &format!("{}/window/rect", self.session),
+            json!({"width": width, "height": height}),
+        )
+        .await;
+    }
+
+    /// A PNG of the viewport.
+    pub async fn screenshot(&self) -> Vec<u8> {
+        use base64::Engine as _;
+        let data = self
+            .call("GET", &format!("{}/screenshot", self.session), json!({}))
+            .await;
+        base64::engine::general_purpose::STANDARD
+            .decode(data.as_str().unwrap_or_default())
+            .expect("screenshot is base64")
+    }
+
     /// Runs `script` in the page; its last argument is the callback to call with the result
     /// (WebDriver "execute async script"), which this returns. `args` come first.
     pub async fn run_async(&self, script: &str, args: Vec<Value>) -> Value {

@@ -209,6 +209,37 @@ async fn every_error_class_is_problem_json() {
     )
     .await;
     assert_problem(s, &b, &h, StatusCode::BAD_REQUEST, "invalid-query");
+    // a page of the history: `limit` events from `from_version`
+    let (s, b, _) = call(
+        &router,
+        "GET",
+        "/v1/tenants/acme/aggregates/account/a1/events?from_version=1&limit=1",
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let versions: Vec<u64> = b["events"]
+        .as_array()
+        .map(|e| {
+            e.iter()
+                .filter_map(|x| x["event"]["version"].as_u64())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(versions, [1], "{b}");
+    for query in ["limit=0", "limit=1001", "limit=1&follow=true"] {
+        let (s, b, h) = call(
+            &router,
+            "GET",
+            &format!("/v1/tenants/acme/aggregates/account/a1/events?{query}"),
+            None,
+        )
+        .await;
+        assert_problem(s, &b, &h, StatusCode::BAD_REQUEST, "invalid-query");
+    }
+    // the admin health route needs an admin token
+    let (s, b, h) = call(&router, "GET", "/v1/admin/health", None).await;
+    assert_problem(s, &b, &h, StatusCode::FORBIDDEN, "forbidden");
     let (s, b, h) = call(
         &router,
         "GET",
@@ -335,6 +366,7 @@ async fn serves_on_a_real_port_with_request_ids_and_metrics() {
         "/v1/tenants/{tenant}/aggregates/{type}/{id}/commands",
         "/v1/tenants/{tenant}/aggregates/{type}/{id}",
         "/v1/tenants/{tenant}/aggregates/{type}/{id}/events",
+        "/v1/admin/health",
     ] {
         assert!(
             doc["paths"][path].is_object(),

@@ -13,3 +13,39 @@ fn a_fresh_cluster_starts_two_projection_instances() {
         Stack::up_with(Topology::Cluster, 2, Some("info")).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(stack.services.len(), 4);
 }
+
+/// The console's Health page on a cluster: every instance reports the stream's RAFT group
+/// (`GET /v1/admin/health` through the gateway's `/instances/<name>/health`): a leader among
+/// n1..n3 and the two other nodes as replicas, three configured.
+#[test]
+fn instances_report_the_streams_leader_and_replicas_on_a_cluster() {
+    let stack =
+        Stack::up_with(Topology::Cluster, 1, Some("info")).unwrap_or_else(|e| panic!("{e}"));
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let http = reqwest::Client::new();
+        for name in ["aggregate-1", "aggregate-2", "projection-1"] {
+            let resp = http
+                .get(format!("{}/instances/{name}/health", stack.gateway))
+                .bearer_auth(Stack::admin_token())
+                .send()
+                .await
+                .expect("health");
+            assert_eq!(resp.status(), reqwest::StatusCode::OK, "{name}");
+            let body: serde_json::Value = resp.json().await.expect("health json");
+            assert_eq!(body["instance"], name, "{body}");
+            assert_eq!(body["nats"]["state"], "connected", "{body}");
+            let stream = &body["stream"];
+            assert_eq!(stream["replicas"], 3, "{body}");
+            let leader = stream["cluster"]["leader"].as_str().unwrap_or_default();
+            assert!(["n1", "n2", "n3"].contains(&leader), "{body}");
+            let mut peers: Vec<&str> = stream["cluster"]["replicas"]
+                .as_array()
+                .map(|r| r.iter().filter_map(|p| p["name"].as_str()).collect())
+                .unwrap_or_default();
+            peers.push(leader);
+            peers.sort_unstable();
+            assert_eq!(peers, ["n1", "n2", "n3"], "{body}");
+        }
+    });
+}

@@ -2,6 +2,7 @@
 //! driven only through the gateway with an HTTP client.
 
 mod binaries;
+mod console;
 mod cors;
 mod devshell;
 mod live;

@@ -11,8 +11,8 @@
 //! under a key of its own (e.g. `account.<id>`) beside its summary documents, and the engine
 //! commits every document an event touched in one atomic write.
 
-use serde_json::Value;
-use shared::{EventEnvelope, ViewName};
+use serde_json::{Value, json};
+use shared::{AggregateType, EventEnvelope, ViewName};
 
 /// The reserved document fields the engine maintains; views must not use names starting with `_`.
 pub const POSITION_FIELD: &str = "_position";
@@ -201,12 +201,50 @@ impl Docs {
     }
 }
 
+/// An event a view folds, as the view declares it in [`View::events`]: its aggregate type, its
+/// event type and an example payload. At start-up every declared event is put through
+/// [`View::keys`] (with the longest ids the id rule allows and the example payload), so a view
+/// that names no document for an event it folds, or a key that is not valid, is refused before
+/// anything is consumed instead of parking every such event at run time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventSpec {
+    /// The aggregate type (an id token).
+    pub aggregate_type: String,
+    /// The event type.
+    pub event_type: String,
+    /// A payload the event type may carry (default `{}`): the start-up check's input for a view
+    /// whose keys depend on the payload.
+    pub example: Value,
+}
+
+impl EventSpec {
+    /// `event_type` of `aggregate_type`, with the example payload `{}`.
+    pub fn new(aggregate_type: &str, event_type: &str) -> Self {
+        EventSpec {
+            aggregate_type: aggregate_type.to_owned(),
+            event_type: event_type.to_owned(),
+            example: json!({}),
+        }
+    }
+
+    /// The example payload the start-up check folds.
+    #[must_use]
+    pub fn example(mut self, payload: Value) -> Self {
+        self.example = payload;
+        self
+    }
+}
+
 /// A projection view. Implementations are pure and cheap to call.
 pub trait View: Send + Sync + 'static {
     /// The view's name: part of its URL, consumer and bucket names.
     fn name(&self) -> ViewName;
     /// The fold's version: bumping it replays every event into a fresh bucket.
     fn version(&self) -> u32;
+
+    /// The events this view folds (see [`EventSpec`]); at least one. Checked at start-up: each
+    /// must name at least one document, every key valid for [`validate_key`].
+    fn events(&self) -> Vec<EventSpec>;
 
     /// The keys of the documents this event reads and writes, within the event's tenant, each
     /// valid for [`validate_key`] (the stored key is `<tenant>.<key>`). Empty: the event is
@@ -258,10 +296,71 @@ pub enum ViewDefinitionError {
     /// The bucket names would be longer than JetStream allows.
     #[error("invalid view definition: view {0:?}: its bucket names would exceed 255 bytes")]
     NameTooLong(String),
+    /// [`View::events`] is empty: the view would never fold anything.
+    #[error("invalid view definition: view {0:?} declares no events (View::events is empty)")]
+    NoEvents(String),
+    /// A declared event whose aggregate type is not an id token.
+    #[error(
+        "invalid view definition: view {view:?} declares an event of aggregate type \
+         {aggregate_type:?}, which is not an id token"
+    )]
+    AggregateType {
+        /// The view.
+        view: String,
+        /// The declared aggregate type.
+        aggregate_type: String,
+    },
+    /// A declared event for which [`View::keys`] names no document.
+    #[error(
+        "invalid view definition: view {view:?} names no document for {aggregate_type}/\
+         {event_type} (View::keys is empty for an event it declares)"
+    )]
+    NoKey {
+        /// The view.
+        view: String,
+        /// The event's aggregate type.
+        aggregate_type: String,
+        /// The event type.
+        event_type: String,
+    },
+    /// A declared event for which [`View::keys`] names an invalid key.
+    #[error("invalid view definition: view {view:?}, {aggregate_type}/{event_type}: {error}")]
+    InvalidKey {
+        /// The view.
+        view: String,
+        /// The event's aggregate type.
+        aggregate_type: String,
+        /// The event type.
+        event_type: String,
+        /// What is wrong with the key.
+        error: KeyError,
+    },
+}
+
+/// The id the start-up check gives every id of a probe event: the longest the id rule allows,
+/// with each of the characters it allows besides letters and digits.
+const PROBE_ID: &str = "probe_id-0123456789-abcdefghijklmnopqrstuvwxyz-ABCDEFGHIJKLMNOPQ";
+
+/// The event the start-up check puts through [`View::keys`] for one declared event.
+fn probe(spec: &EventSpec) -> Option<EventEnvelope> {
+    let aggregate_type = AggregateType::try_from(spec.aggregate_type.as_str()).ok()?;
+    serde_json::from_value(json!({
+        "tenant_id": PROBE_ID,
+        "aggregate_type": aggregate_type.as_str(),
+        "aggregate_id": PROBE_ID,
+        "version": 1,
+        "event_type": spec.event_type,
+        "payload": spec.example,
+        "occurred_at": "2026-01-01T00:00:00Z",
+    }))
+    .ok()
 }
 
 /// Checks the views a service is to serve, at start-up: unique names, versions from 1, bucket
-/// names JetStream accepts. Keys are checked per event (an invalid one parks the event).
+/// names JetStream accepts, and for every event a view declares ([`View::events`]) at least one
+/// document key, each valid (probed with the longest ids the id rule allows). A key that a
+/// probe cannot foresee (one built from a payload unlike the example) is still checked per
+/// event: an invalid one parks the event (`invalid-key`).
 pub fn validate_views(views: &[std::sync::Arc<dyn View>]) -> Result<(), ViewDefinitionError> {
     let mut seen = std::collections::BTreeSet::new();
     for v in views {
@@ -275,6 +374,40 @@ pub fn validate_views(views: &[std::sync::Arc<dyn View>]) -> Result<(), ViewDefi
         // PARKED_<name>_v<version>_g<generation>, with a KV_ stream prefix
         if name.len() + 40 > 255 {
             return Err(ViewDefinitionError::NameTooLong(name));
+        }
+        validate_keys(v.as_ref(), &name)?;
+    }
+    Ok(())
+}
+
+/// The key part of [`validate_views`] for one view.
+fn validate_keys(view: &dyn View, name: &str) -> Result<(), ViewDefinitionError> {
+    let events = view.events();
+    if events.is_empty() {
+        return Err(ViewDefinitionError::NoEvents(name.to_owned()));
+    }
+    for spec in events {
+        let Some(env) = probe(&spec) else {
+            return Err(ViewDefinitionError::AggregateType {
+                view: name.to_owned(),
+                aggregate_type: spec.aggregate_type,
+            });
+        };
+        let keys = view.keys(&env);
+        if keys.is_empty() {
+            return Err(ViewDefinitionError::NoKey {
+                view: name.to_owned(),
+                aggregate_type: spec.aggregate_type,
+                event_type: spec.event_type,
+            });
+        }
+        if let Some(error) = keys.iter().find_map(|k| validate_key(k).err()) {
+            return Err(ViewDefinitionError::InvalidKey {
+                view: name.to_owned(),
+                aggregate_type: spec.aggregate_type,
+                event_type: spec.event_type,
+                error,
+            });
         }
     }
     Ok(())
@@ -339,5 +472,84 @@ mod tests {
         assert_eq!(docs.get("a"), Some(&serde_json::json!({"x": 1})));
         assert_eq!(docs.delete("a"), Ok(()));
         assert_eq!(docs.get("a"), None);
+    }
+
+    /// A view for the start-up check: keys from a closure, events as declared.
+    struct Probe {
+        events: Vec<EventSpec>,
+        keys: fn(&EventEnvelope) -> Vec<String>,
+    }
+
+    impl View for Probe {
+        fn name(&self) -> ViewName {
+            "probe".parse().expect("name")
+        }
+        fn version(&self) -> u32 {
+            1
+        }
+        fn events(&self) -> Vec<EventSpec> {
+            self.events.clone()
+        }
+        fn keys(&self, env: &EventEnvelope) -> Vec<String> {
+            (self.keys)(env)
+        }
+    }
+
+    fn check(events: Vec<EventSpec>, keys: fn(&EventEnvelope) -> Vec<String>) -> String {
+        let view: std::sync::Arc<dyn View> = std::sync::Arc::new(Probe { events, keys });
+        validate_views(&[view]).map_or_else(|e| e.to_string(), |()| "ok".to_owned())
+    }
+
+    #[test]
+    fn keys_are_checked_at_start_up_for_every_declared_event() {
+        let account = || vec![EventSpec::new("account", "opened")];
+        assert_eq!(check(account(), |e| vec![e.aggregate_id.to_string()]), "ok");
+        assert_eq!(
+            check(account(), |e| vec![format!("by-id.{}", e.aggregate_id)]),
+            "ok"
+        );
+        // a key from the payload, with the example as the probe's input
+        let by_owner = vec![EventSpec::new("account", "opened").example(json!({"owner": "o"}))];
+        let owner_key = |e: &EventEnvelope| {
+            e.payload["owner"]
+                .as_str()
+                .map(|o| format!("owner.{o}"))
+                .into_iter()
+                .collect()
+        };
+        assert_eq!(check(by_owner, owner_key), "ok");
+        // without the example the payload has no owner: no key
+        let e = check(account(), owner_key);
+        assert!(e.contains("names no document for account/opened"), "{e}");
+
+        let e = check(Vec::new(), |_| vec!["x".into()]);
+        assert!(e.contains("declares no events"), "{e}");
+        let e = check(account(), |_| Vec::new());
+        assert!(e.contains("names no document for account/opened"), "{e}");
+        let e = check(account(), |_| vec!["a*".into()]);
+        assert!(
+            e.contains("invalid-key") && e.contains("account/opened"),
+            "{e}"
+        );
+        // fine for short ids, too long for the longest id the id rule allows
+        let e = check(account(), |e| vec![format!("acct-{}", e.aggregate_id)]);
+        assert!(e.contains("token too long"), "{e}");
+        let e = check(account(), |e| {
+            vec![format!("{}.{}", e.tenant_id, e.aggregate_id)]
+        });
+        assert_eq!(e, "ok", "a key may repeat ids in several tokens");
+        let e = check(vec![EventSpec::new("acc ount", "opened")], |_| {
+            vec!["x".into()]
+        });
+        assert!(e.contains("\"acc ount\", which is not an id token"), "{e}");
+    }
+
+    #[test]
+    fn the_shipped_views_pass_the_start_up_check() {
+        let views: Vec<std::sync::Arc<dyn View>> = vec![
+            std::sync::Arc::new(crate::views::Accounts),
+            std::sync::Arc::new(crate::views::TenantSummary),
+        ];
+        assert_eq!(validate_views(&views), Ok(()));
     }
 }

@@ -4,9 +4,19 @@ use serde_json::{Map, Value, json};
 use shared::{EventEnvelope, ViewName};
 use time::format_description::well_known::Rfc3339;
 
-use crate::view::{Docs, Fold, Folded, View, ViewError, payload_i64, payload_str};
+use crate::view::{Docs, EventSpec, Fold, Folded, View, ViewError, payload_i64, payload_str};
 
 const ACCOUNT: &str = "account";
+
+/// The `account` events both shipped views fold, with example payloads.
+pub fn account_events() -> Vec<EventSpec> {
+    vec![
+        EventSpec::new(ACCOUNT, "opened").example(json!({"owner": "o", "currency": "EUR"})),
+        EventSpec::new(ACCOUNT, "deposited").example(json!({"amount": 1})),
+        EventSpec::new(ACCOUNT, "withdrawn").example(json!({"amount": 1})),
+        EventSpec::new(ACCOUNT, "closed"),
+    ]
+}
 
 fn view_name(s: &'static str) -> ViewName {
     // a literal that satisfies the id rule
@@ -33,6 +43,10 @@ impl View for Accounts {
 
     fn version(&self) -> u32 {
         1
+    }
+
+    fn events(&self) -> Vec<EventSpec> {
+        account_events()
     }
 
     fn key(&self, env: &EventEnvelope) -> Option<String> {
@@ -115,6 +129,10 @@ impl View for TenantSummary {
 
     fn version(&self) -> u32 {
         2
+    }
+
+    fn events(&self) -> Vec<EventSpec> {
+        account_events()
     }
 
     fn keys(&self, env: &EventEnvelope) -> Vec<String> {

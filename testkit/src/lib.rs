@@ -6,6 +6,7 @@
 //! a message saying how to install it.
 
 pub mod browser;
+pub mod logs;
 pub mod operator;
 pub mod sse;
 

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt as _;
-use projection::view::{Fold, View, ViewError};
+use projection::view::{EventSpec, Fold, View, ViewError};
 use serde_json::{Value, json};
 use shared::{EventEnvelope, ViewName};
 use testkit::NatsServer;
@@ -262,6 +262,9 @@ impl View for AccountsV2 {
     fn version(&self) -> u32 {
         2
     }
+    fn events(&self) -> Vec<EventSpec> {
+        projection::views::account_events()
+    }
     fn key(&self, env: &EventEnvelope) -> Option<String> {
         projection::views::Accounts.key(env)
     }
@@ -409,4 +412,47 @@ async fn start_up_does_not_retry_an_incompatible_stream() {
     .err()
     .expect("refused");
     assert!(format!("{err:#}").contains("other.>"), "{err:#}");
+}
+
+/// `accounts` with a key that is fine for short ids and too long for the longest the id rule
+/// allows: refused before anything is consumed, naming the view, the event and the key.
+struct PrefixedKey;
+
+impl View for PrefixedKey {
+    fn name(&self) -> ViewName {
+        "prefixed".parse().expect("name")
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn events(&self) -> Vec<EventSpec> {
+        projection::views::account_events()
+    }
+    fn key(&self, env: &EventEnvelope) -> Option<String> {
+        Some(format!("account-{}", env.aggregate_id))
+    }
+}
+
+#[tokio::test]
+async fn a_view_with_an_invalid_key_is_refused_at_start_up() {
+    let server = NatsServer::start();
+    let views: Vec<Arc<dyn View>> =
+        vec![Arc::new(projection::views::Accounts), Arc::new(PrefixedKey)];
+    let Err(e) = projection::start(&config(&server, &[]), views).await else {
+        panic!("a view with invalid keys started");
+    };
+    let e = format!("{e:#}");
+    assert!(
+        e.contains("invalid view definition: view \"prefixed\", account/opened: invalid-key")
+            && e.contains("token too long"),
+        "{e}"
+    );
+    // refused before anything was created: no stream, no bucket, no consumer
+    let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.expect("connect"));
+    let streams: Vec<String> = js
+        .stream_names()
+        .map(|n| n.expect("stream name"))
+        .collect()
+        .await;
+    assert!(streams.is_empty(), "{streams:?}");
 }

@@ -38,8 +38,25 @@ async fn wait_for_state(p: &Instance, name: &str, state: &str) -> Value {
     }
 }
 
+/// The log lines with every one of `needles`, waited for (the status is set just before the
+/// line is written).
+fn logged(logs: &testkit::logs::Logs, needles: &[&str]) -> Vec<String> {
+    tokio::task::block_in_place(|| {
+        testkit::wait_for("a log line", Duration::from_secs(10), || {
+            let found = logs.matching(needles);
+            if found.is_empty() {
+                Err(format!("no line with {needles:?} in {:?}", logs.lines()))
+            } else {
+                Ok(found)
+            }
+        })
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stalled_view_shows_its_cause_and_recovers_while_the_others_keep_moving() {
+    // what an operator sees at the default log level
+    let logs = testkit::logs::capture();
     let server = NatsServer::start();
     let p = projection_with(
         &server,
@@ -109,6 +126,21 @@ async fn a_stalled_view_shows_its_cause_and_recovers_while_the_others_keep_movin
     );
     assert_eq!(gauge(&metrics, "view_stalled", "tenant-summary"), Some(0.0));
     assert_eq!(gauge(&metrics, "view_lag_events", "accounts"), Some(1.0));
+    let warned = logged(
+        &logs,
+        &[
+            "WARN",
+            "view stalled",
+            "view=accounts",
+            "cause=",
+            "committing",
+        ],
+    );
+    assert!(
+        logs.matching(&["view stalled", "view=tenant-summary"])
+            .is_empty(),
+        "{warned:?}"
+    );
 
     // storage back: the batch redelivers, the view moves again
     reconfigure_bucket(&c, &bucket, |c| {
@@ -120,6 +152,7 @@ async fn a_stalled_view_shows_its_cause_and_recovers_while_the_others_keep_movin
         .await;
     let last = wait_for_state(&p, "accounts", "running").await;
     assert!(view(&last, "accounts")["cause"].is_null(), "{last}");
+    logged(&logs, &["INFO", "view moving again", "view=accounts"]);
     let metrics = p.app.metrics.render();
     assert_eq!(
         gauge(&metrics, "view_stalled", "accounts"),

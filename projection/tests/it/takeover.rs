@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use projection::store::{ParkMark, ParkedRecord, doc_mark_key, park_mark_key, parked_msg_key};
-use projection::view::{Fold, View, ViewError};
+use projection::view::{EventSpec, Fold, View, ViewError};
 use serde_json::{Value, json};
 use shared::{EventEnvelope, ViewName};
 use testkit::NatsServer;
@@ -24,6 +24,9 @@ impl View for Slow {
     }
     fn version(&self) -> u32 {
         1
+    }
+    fn events(&self) -> Vec<EventSpec> {
+        projection::views::account_events()
     }
     fn key(&self, env: &EventEnvelope) -> Option<String> {
         projection::views::Accounts.key(env)

@@ -76,7 +76,7 @@ pub struct Config {
     pub snapshot_every: Vec<(shared::AggregateType, u64)>,
     /// Live feeds (Server-Sent Events).
     #[command(flatten)]
-    pub live: live::LiveArgs,
+    pub live: platform::sse::LiveArgs,
 }
 
 fn parse_snapshot_every(s: &str) -> Result<(shared::AggregateType, u64), String> {

@@ -13,52 +13,27 @@
 //! events within `slow_client` is disconnected (it resumes with `Last-Event-ID`); on shutdown
 //! every feed ends at once.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use axum::http::{HeaderMap, HeaderValue};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
+use axum::http::HeaderMap;
+use axum::response::Response;
+use axum::response::sse::Event as SseEvent;
 use futures::StreamExt;
 use platform::problem::Problem;
-use platform::shutdown::Shutdown;
+use platform::sse::{EndReason, FeedSender, Feeds};
 use serde_json::{Value, json};
 use shared::STREAM_NAME;
-use tokio::sync::{Semaphore, mpsc};
-
-/// The limits of live feeds (flags and environment of the service).
-#[derive(Debug, Clone, Copy, clap::Args)]
-pub struct LiveArgs {
-    /// Seconds between heartbeat comments on an idle feed.
-    #[arg(long, env = "SSE_HEARTBEAT_SECS", default_value_t = 15)]
-    pub sse_heartbeat_secs: u64,
-    /// Open feeds per instance; beyond it, 503 with Retry-After.
-    #[arg(long, env = "SSE_MAX_STREAMS", default_value_t = 1000)]
-    pub sse_max_streams: usize,
-    /// Events buffered per feed for a client that reads slower than they come.
-    #[arg(long, env = "SSE_BUFFER_EVENTS", default_value_t = 256)]
-    pub sse_buffer_events: usize,
-    /// Seconds a full buffer may wait for the client before the feed is ended.
-    #[arg(long, env = "SSE_SLOW_CLIENT_SECS", default_value_t = 10)]
-    pub sse_slow_client_secs: u64,
-}
 
 /// Events read per direct-get page.
 const PAGE: usize = 256;
-/// How long one page may take to arrive.
-const PAGE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The live feeds of one instance: their limits, their count and their end.
+/// The live feeds of one instance: the shared plumbing ([`Feeds`]) over this service's reads.
 pub struct Live {
     client: async_nats::Client,
     js: jetstream::Context,
-    args: LiveArgs,
-    slots: Arc<Semaphore>,
-    closing: Shutdown,
-    open: prometheus_client::metrics::gauge::Gauge,
+    feeds: Feeds,
 }
 
 /// Where a feed starts and what it carries.
@@ -75,40 +50,25 @@ pub(crate) struct FeedRequest {
     pub(crate) types: Option<Vec<String>>,
 }
 
-/// One stored message, raw.
-struct Raw {
-    seq: u64,
-    subject: String,
-    payload: Bytes,
-}
+use platform::nats::RawMessage as Raw;
 
 impl Live {
     /// Live feeds over `client`, ended by [`Live::close`].
     pub fn new(
         client: async_nats::Client,
-        args: LiveArgs,
+        args: platform::sse::LiveArgs,
         metrics: &platform::metrics::Metrics,
     ) -> Self {
-        let open = prometheus_client::metrics::gauge::Gauge::default();
-        metrics.register(
-            "sse_open_streams",
-            "Server-sent event feeds open on this instance",
-            open.clone(),
-        );
         Self {
             js: jetstream::new(client.clone()),
             client,
-            slots: Arc::new(Semaphore::new(args.sse_max_streams)),
-            args,
-            closing: Shutdown::new(),
-            open,
+            feeds: Feeds::new(args, metrics),
         }
     }
 
     /// Ends every open feed (at shutdown) and refuses new ones.
     pub fn close(&self) {
-        self.closing.trigger();
-        self.slots.close();
+        self.feeds.close();
     }
 
     /// The stream's first and last sequence.
@@ -134,70 +94,38 @@ impl Live {
                 request.from_seq.saturating_sub(1)
             )));
         }
-        let permit = self.slots.clone().try_acquire_owned().map_err(|_| {
-            Problem::unavailable(format!(
-                "this instance serves its maximum of {} live feeds; retry, possibly on another instance",
-                self.args.sse_max_streams
-            ))
-            .retry_after(1)
-        })?;
-        let (tx, rx) = mpsc::channel::<SseEvent>(self.args.sse_buffer_events.max(1));
+        let mut notice = None;
         let mut start = request.from_seq.max(1);
         if start < first && first > 1 {
-            let notice = json!({
+            notice = Some(json!({
                 "notice": "events before the stream's first position were removed by its limits",
                 "requested_position": request.from_seq,
                 "first_position": first,
-            });
-            let _ = tx.try_send(SseEvent::default().event("notice").data(notice.to_string()));
+            }));
             start = first;
         }
-        let feed = Feed {
-            client: self.client.clone(),
-            filter: request.filter,
-            next: start,
-            min_version: request.min_version,
-            follow: request.follow,
-            types: request.types,
-            poll: Duration::from_secs(self.args.sse_heartbeat_secs.max(1)),
-            slow_client: Duration::from_secs(self.args.sse_slow_client_secs.max(1)),
-            closing: self.closing.clone(),
-            tx,
-        };
-        let open = self.open.clone();
-        open.inc();
-        tokio::spawn(async move {
-            let filter = feed.filter.clone();
-            if let Err(reason) = feed.run().await {
-                tracing::info!(%filter, reason, "live feed ended");
-            }
-            open.dec();
-            drop(permit);
-        });
-        let body = tokio_stream_from(rx);
-        let mut response = Sse::new(body)
-            .keep_alive(
-                KeepAlive::new()
-                    .interval(Duration::from_secs(self.args.sse_heartbeat_secs.max(1)))
-                    .text("heartbeat"),
-            )
-            .into_response();
-        // nginx (and other proxies that honour it) pass the feed on unbuffered
-        response
-            .headers_mut()
-            .insert("x-accel-buffering", HeaderValue::from_static("no"));
-        response
-            .headers_mut()
-            .insert("cache-control", HeaderValue::from_static("no-cache"));
-        Ok(response)
+        let client = self.client.clone();
+        let poll = self.feeds.args().heartbeat();
+        self.feeds
+            .start(request.filter.clone(), move |out| async move {
+                if let Some(notice) = notice {
+                    out.send(SseEvent::default().event("notice").data(notice.to_string()))
+                        .await?;
+                }
+                Feed {
+                    client,
+                    filter: request.filter,
+                    next: start,
+                    min_version: request.min_version,
+                    follow: request.follow,
+                    types: request.types,
+                    poll,
+                    out,
+                }
+                .run()
+                .await
+            })
     }
-}
-
-/// The receiving end as the body's stream of events.
-fn tokio_stream_from(
-    mut rx: mpsc::Receiver<SseEvent>,
-) -> impl futures::Stream<Item = Result<SseEvent, Infallible>> + Send + 'static {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|e| e.map(Ok)))
 }
 
 /// One open feed, run by its own task until the client goes, the history ends (no follow),
@@ -210,13 +138,11 @@ struct Feed {
     follow: bool,
     types: Option<Vec<String>>,
     poll: Duration,
-    slow_client: Duration,
-    closing: Shutdown,
-    tx: mpsc::Sender<SseEvent>,
+    out: FeedSender,
 }
 
 impl Feed {
-    async fn run(mut self) -> Result<(), &'static str> {
+    async fn run(mut self) -> Result<(), EndReason> {
         // subscribe before the first read, so nothing appended after it goes unnoticed
         let mut wakeups = self
             .client
@@ -238,72 +164,25 @@ impl Feed {
             if !self.follow {
                 return Ok(());
             }
-            tokio::select! {
-                () = self.closing.wait() => return Err("shutting down"),
-                () = self.tx.closed() => return Err("client gone"),
-                woke = wakeups.next() => {
-                    if woke.is_none() {
-                        return Err("subscription ended");
-                    }
-                    // one read serves every notification queued meanwhile
-                    while let Some(Some(_)) = futures::FutureExt::now_or_never(wakeups.next()) {}
-                }
-                () = tokio::time::sleep(self.poll) => {}
+            let woke = self
+                .out
+                .until(tokio::time::timeout(self.poll, wakeups.next()))
+                .await?;
+            if let Ok(None) = woke {
+                return Err("subscription ended");
             }
+            // one read serves every notification queued meanwhile
+            while let Some(Some(_)) = futures::FutureExt::now_or_never(wakeups.next()) {}
         }
     }
 
     /// One batch direct get from `next`, filtered on the feed's subject.
-    async fn page(&self) -> Result<Vec<Raw>, &'static str> {
-        let inbox = self.client.new_inbox();
-        let mut sub = self
-            .client
-            .subscribe(inbox.clone())
-            .await
-            .map_err(|_| "cannot subscribe")?;
-        let request = json!({"seq": self.next, "next_by_subj": self.filter, "batch": PAGE});
-        self.client
-            .publish_with_reply(
-                format!("$JS.API.DIRECT.GET.{STREAM_NAME}"),
-                inbox,
-                Bytes::from(request.to_string()),
-            )
-            .await
-            .map_err(|_| "cannot request a page")?;
-        let mut out = Vec::new();
-        loop {
-            let msg = match tokio::time::timeout(PAGE_TIMEOUT, sub.next()).await {
-                Ok(Some(m)) => m,
-                Ok(None) => return Err("page subscription closed"),
-                Err(_) => return Err("a page did not arrive in time"),
-            };
-            if let Some(status) = msg.status {
-                // 204 ends a batch; 404: nothing (more) on the subject
-                return match status.as_u16() {
-                    204 | 404 => Ok(out),
-                    _ => Err("the stream refused a page"),
-                };
-            }
-            let header = |name: &str| {
-                msg.headers
-                    .as_ref()
-                    .and_then(|h| h.get(name))
-                    .map(|v| v.as_str().to_owned())
-            };
-            let seq = header("Nats-Sequence")
-                .and_then(|v| v.parse().ok())
-                .ok_or("a page message without Nats-Sequence")?;
-            let subject = header("Nats-Subject").unwrap_or_default();
-            out.push(Raw {
-                seq,
-                subject,
-                payload: msg.payload,
-            });
-        }
+    async fn page(&self) -> Result<Vec<Raw>, EndReason> {
+        platform::nats::direct_batch(&self.client, STREAM_NAME, self.next, &self.filter, PAGE).await
     }
 
     /// Sends one event (skipping those below `min_version`), waiting at most `slow_client`.
-    async fn send(&mut self, raw: Raw) -> Result<(), &'static str> {
+    async fn send(&mut self, raw: Raw) -> Result<(), EndReason> {
         self.next = raw.seq + 1;
         if let Some(types) = &self.types {
             let ty = shared::AggregateAddress::type_of_subject(&raw.subject);
@@ -331,17 +210,7 @@ impl Feed {
                     json!({"position": raw.seq, "error": format!("not an event: {e}")}).to_string(),
                 ),
         };
-        tokio::select! {
-            sent = self.tx.send_timeout(event, self.slow_client) => match sent {
-                Ok(()) => Ok(()),
-                Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
-                    tracing::warn!(filter = %self.filter, waited = ?self.slow_client, "live feed client too slow: disconnected (it can resume with Last-Event-ID)");
-                    Err("client too slow")
-                }
-                Err(mpsc::error::SendTimeoutError::Closed(_)) => Err("client gone"),
-            },
-            () = self.closing.wait() => Err("shutting down"),
-        }
+        self.out.send(event).await
     }
 }
 
@@ -352,19 +221,10 @@ pub(crate) fn start_position(
     from_position: Option<u64>,
     default: u64,
 ) -> Result<u64, Problem> {
-    if let Some(id) = headers.get("last-event-id") {
-        let id = id
-            .to_str()
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .ok_or_else(|| {
-                Problem::invalid_query(
-                    "Last-Event-ID must be a stream position (a non-negative integer)",
-                )
-            })?;
-        return Ok(id.saturating_add(1));
-    }
-    Ok(from_position.unwrap_or(default))
+    Ok(match platform::sse::last_event_id(headers)? {
+        Some(id) => id.saturating_add(1),
+        None => from_position.unwrap_or(default),
+    })
 }
 
 /// Query of `GET /v1/tenants/{tenant}/events`.

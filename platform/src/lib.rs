@@ -22,4 +22,5 @@ pub mod openapi;
 pub mod problem;
 pub mod service;
 pub mod shutdown;
+pub mod sse;
 pub mod telemetry;

@@ -341,3 +341,77 @@ pub async fn ensure_stream(
     }
     Ok(info)
 }
+
+/// One stored message as a batch direct get returns it.
+#[derive(Debug, Clone)]
+pub struct RawMessage {
+    /// Its stream sequence.
+    pub seq: u64,
+    /// Its subject.
+    pub subject: String,
+    /// Its body.
+    pub payload: bytes::Bytes,
+}
+
+/// How long one page of a batch direct get may take to arrive.
+const DIRECT_PAGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Up to `max` messages of `stream` on `filter`, from sequence `from` on, in stream order: one
+/// batch direct get (ADR-31; the stream must allow direct gets). No consumer is created.
+///
+/// # Errors
+/// What failed, in words (a request that could not be sent, a page that did not arrive, a
+/// refusal by the stream).
+pub async fn direct_batch(
+    client: &async_nats::Client,
+    stream: &str,
+    from: u64,
+    filter: &str,
+    max: usize,
+) -> Result<Vec<RawMessage>, &'static str> {
+    use futures::StreamExt as _;
+    let inbox = client.new_inbox();
+    let mut sub = client
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|_| "cannot subscribe")?;
+    let request = serde_json::json!({"seq": from, "next_by_subj": filter, "batch": max});
+    client
+        .publish_with_reply(
+            format!("$JS.API.DIRECT.GET.{stream}"),
+            inbox,
+            bytes::Bytes::from(request.to_string()),
+        )
+        .await
+        .map_err(|_| "cannot request a page")?;
+    let mut out = Vec::new();
+    loop {
+        let msg = match tokio::time::timeout(DIRECT_PAGE_TIMEOUT, sub.next()).await {
+            Ok(Some(m)) => m,
+            Ok(None) => return Err("page subscription closed"),
+            Err(_) => return Err("a page did not arrive in time"),
+        };
+        if let Some(status) = msg.status {
+            // 204 ends a batch; 404: nothing (more) on the subject
+            return match status.as_u16() {
+                204 | 404 => Ok(out),
+                _ => Err("the stream refused a page"),
+            };
+        }
+        let header = |name: &str| {
+            msg.headers
+                .as_ref()
+                .and_then(|h| h.get(name))
+                .map(|v| v.as_str().to_owned())
+        };
+        let seq = header("Nats-Sequence")
+            .and_then(|v| v.parse().ok())
+            .ok_or("a page message without Nats-Sequence")?;
+        let subject = header("Nats-Subject").unwrap_or_default();
+        out.push(RawMessage {
+            seq,
+            subject,
+            payload: msg.payload,
+        });
+    }
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use platform::http::{ApiQuery, parse_id};
@@ -17,6 +17,7 @@ use shared::TenantId;
 use tokio::time::Instant;
 
 use crate::engine::{RebuildProgress, ViewRuntime, ViewStatus};
+use crate::live::Live;
 use crate::rebuild::{Generations, RebuildStatus, ViewSlot};
 use crate::store::{self, StoreError};
 
@@ -27,6 +28,7 @@ pub type ViewMap = BTreeMap<String, Arc<ViewSlot>>;
 pub(crate) struct ApiState {
     views: Arc<ViewMap>,
     generations: Generations,
+    live: Arc<Live>,
     min_position_timeout: Duration,
 }
 
@@ -34,6 +36,7 @@ pub(crate) struct ApiState {
 pub fn routes(
     views: Arc<ViewMap>,
     generations: Generations,
+    live: Arc<Live>,
     min_position_timeout: Duration,
 ) -> Router {
     Router::new()
@@ -50,6 +53,7 @@ pub fn routes(
         .with_state(ApiState {
             views,
             generations,
+            live,
             min_position_timeout,
         })
 }
@@ -117,6 +121,10 @@ pub(crate) struct ReadQuery {
     /// Wait (bounded) until the view has applied this stream position (read-your-writes: the
     /// `position` a command returned).
     min_position: Option<u64>,
+    /// `true`: answer a live feed (`text/event-stream`) of the document: its current version,
+    /// then each new one (`id:` = the view position that produced it; resume with
+    /// `Last-Event-ID`; a deletion is `event: deleted`).
+    follow: Option<bool>,
 }
 
 /// One document of a view.
@@ -130,23 +138,31 @@ pub(crate) struct ReadQuery {
         ReadQuery,
     ),
     responses(
-        (status = 200, description = "The document, its key and the stream position it reflects", body = crate::openapi::DocumentDoc),
+        (status = 200, description = "The document, its key and the stream position it reflects; with `follow=true` a live feed of Server-Sent Events: `data:` = the same body per version, `id:` = its position, `event: deleted` with `{key, position}` for a deletion, heartbeat comments", content(
+            (crate::openapi::DocumentDoc = "application/json"),
+            (String = "text/event-stream"),
+        )),
         (status = 400, description = "Invalid id or query", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid token", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
         (status = 403, description = "Tenant not granted, or not an admin token", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
         (status = 404, description = "Unknown view or no such document", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
-        (status = 503, description = "Position not reached in time (`position-not-reached`), the document held back by a parked event (`document-held`), or NATS unavailable", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
+        (status = 503, description = "Position not reached in time (`position-not-reached`), the document held back by a parked event (`document-held`), NATS unavailable, or this instance's live feeds are all taken", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn get_doc(
     State(s): State<ApiState>,
     Path((tenant, view, key)): Path<(String, String, String)>,
+    headers: HeaderMap,
     ApiQuery(q): ApiQuery<ReadQuery>,
 ) -> Result<Response, Problem> {
     let tenant: TenantId = parse_id(&tenant)?;
     let key = parse_key(&key)?;
     let rt = s.view(&view)?;
     s.wait_for(&rt, q.min_position).await?;
+    if q.follow == Some(true) {
+        let after = platform::sse::last_event_id(&headers)?;
+        return s.live.document(s.slot(&view)?.clone(), &tenant, key, after);
+    }
     let full = ViewRuntime::full_key(tenant.as_str(), &key);
     if let Some(min) = q.min_position {
         // position N reached means every event up to N is applied or parked: a parked one of
@@ -186,6 +202,11 @@ pub(crate) struct ListQuery {
     after: Option<String>,
     /// Wait (bounded) until the view has applied this stream position.
     min_position: Option<u64>,
+    /// `true`: answer a live feed (`text/event-stream`) of the tenant's documents: the current
+    /// ones, `event: sync` with the position they reflect, then every version an event produces
+    /// (`id:` = its position; resume with `Last-Event-ID`; deletions are `event: deleted`).
+    /// Not with `limit` or `after`.
+    follow: Option<bool>,
 }
 
 /// The tenant's documents of a view, paginated.
@@ -198,20 +219,35 @@ pub(crate) struct ListQuery {
         ListQuery,
     ),
     responses(
-        (status = 200, description = "A page of documents and the key to continue after", body = crate::openapi::PageDoc),
+        (status = 200, description = "A page of documents and the key to continue after; with `follow=true` a live feed of Server-Sent Events: one `data:` per document (`{key, document, position}`), `event: sync` (`id:` = the position the documents reflect), then each version an event produces (`id:` = its position on the event's last document), `event: deleted` for a deletion", content(
+            (crate::openapi::PageDoc = "application/json"),
+            (String = "text/event-stream"),
+        )),
         (status = 400, description = "Invalid id or query", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid token", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
         (status = 403, description = "Tenant not granted, or not an admin token", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
         (status = 404, description = "Unknown view", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
-        (status = 503, description = "Position not reached in time, or NATS unavailable", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
+        (status = 503, description = "Position not reached in time, NATS unavailable, or this instance's live feeds are all taken", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn list(
     State(s): State<ApiState>,
     Path((tenant, view)): Path<(String, String)>,
+    headers: HeaderMap,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Response, Problem> {
     let tenant: TenantId = parse_id(&tenant)?;
+    if q.follow == Some(true) {
+        if q.limit.is_some() || q.after.is_some() {
+            return Err(Problem::invalid_query(
+                "follow=true streams every document; it takes no limit or after",
+            ));
+        }
+        let slot = s.slot(&view)?.clone();
+        s.wait_for(&slot.current(), q.min_position).await?;
+        let after = platform::sse::last_event_id(&headers)?;
+        return s.live.list(slot, tenant, after);
+    }
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(Problem::invalid_query("limit must be between 1 and 1000"));

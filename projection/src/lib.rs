@@ -11,6 +11,7 @@
 
 pub mod engine;
 pub mod http;
+pub mod live;
 pub mod metrics;
 pub mod openapi;
 pub mod rebuild;
@@ -92,6 +93,9 @@ pub struct Config {
     /// Documents cached in memory per view.
     #[arg(long, env = "CACHE_CAPACITY", default_value_t = 100_000)]
     pub cache_capacity: usize,
+    /// Live feeds (Server-Sent Events).
+    #[command(flatten)]
+    pub live: platform::sse::LiveArgs,
 }
 
 /// Commands besides serving.
@@ -150,6 +154,8 @@ pub struct App {
     pub draining: Arc<AtomicBool>,
     /// The views, by name.
     pub views: Arc<ViewMap>,
+    /// The live feeds of views, ended at shutdown.
+    pub live: Arc<live::Live>,
     /// Opens generations and runs rebuilds.
     pub generations: Generations,
     projectors: Vec<(Arc<ViewSlot>, Projector)>,
@@ -220,6 +226,7 @@ pub async fn start(config: &Config, views: Vec<Arc<dyn View>>) -> anyhow::Result
     )
     .await?;
     Ok(App {
+        live: Arc::new(live::Live::new(client.clone(), config.live, &metrics)),
         client,
         metrics,
         draining: Arc::new(AtomicBool::new(false)),
@@ -243,6 +250,7 @@ pub fn app(app: &App, auth: Authenticator, http: HttpSettings) -> Router {
     let api = http::routes(
         app.views.clone(),
         app.generations.clone(),
+        app.live.clone(),
         app.min_position_timeout,
     )
     .merge(platform::health::routes(
@@ -396,6 +404,14 @@ pub async fn serve(
     grace: Duration,
 ) -> anyhow::Result<()> {
     let projectors = app.spawn_projectors(&shutdown);
+    // live feeds never finish by themselves: end them when the drain starts, so that the
+    // server's graceful shutdown is not held up by them
+    let live = app.live.clone();
+    let closing = shutdown.clone();
+    tokio::spawn(async move {
+        closing.wait().await;
+        live.close();
+    });
     platform::service::serve(
         listener,
         router,

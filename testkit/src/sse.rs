@@ -89,8 +89,10 @@ impl Feed {
     /// The next event (comments skipped); `None` when the feed ended.
     ///
     /// # Panics
-    /// When nothing arrives within [`WAIT`].
+    /// When no event arrives within [`WAIT`] (heartbeat comments do not count).
     pub async fn next(&mut self) -> Option<Sse> {
+        // one deadline for the event, not per read: heartbeat comments do not extend it
+        let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             if let Some(end) = self.buf.find("\n\n") {
                 let frame: String = self.buf.drain(..end + 2).collect();
@@ -110,7 +112,7 @@ impl Feed {
                 let data = serde_json::from_str(&data).unwrap_or(Value::String(data));
                 return Some(Sse { id, event, data });
             }
-            match tokio::time::timeout(WAIT, self.read_more()).await {
+            match tokio::time::timeout_at(deadline, self.read_more()).await {
                 Ok(true) => {}
                 Ok(false) => return None,
                 Err(_) => panic!("no event within {WAIT:?}; buffered: {:?}", self.buf),

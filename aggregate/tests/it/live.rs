@@ -329,7 +329,7 @@ async fn shutdown_ends_every_feed_and_no_consumer_is_left_behind() {
     let before = consumers(&app.client).await.len();
     let tok = token(&["acme"]);
     let url = format!("{}/v1/tenants/acme/events?follow=true", served.base);
-    for _ in 0..50 {
+    for _ in 0..1000 {
         let mut feed = Feed::start(&url, &tok, None).await;
         feed.take(1).await;
     }

@@ -2,6 +2,7 @@
 
 mod consume;
 mod http;
+mod live;
 mod parking;
 mod rebuild;
 mod scale;

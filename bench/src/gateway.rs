@@ -188,6 +188,8 @@ pub(crate) async fn gateway(sizes: &Sizes) -> anyhow::Result<Vec<Row>> {
             )
         });
     }
+    // live feeds on an idle stack, before the workload fills the caches
+    rows.extend(crate::live::live(&stack, sizes.live_commands).await?);
     // after the memory figures, which it would change (100 000 accounts in the caches)
     rows.push(realistic(&stack, &client, sizes).await?);
     Ok(rows)

@@ -7,6 +7,7 @@
 #![allow(clippy::print_stdout)]
 
 mod gateway;
+mod live;
 mod raw;
 mod report;
 mod scenarios;

@@ -169,6 +169,31 @@ impl Row {
         }
     }
 
+    /// A figure held to an absolute limit (`max`; NaN: information only), with its p50/p99 and
+    /// a reference's, when there is one.
+    pub(crate) fn limit(
+        scenario: &str,
+        unit: &str,
+        ours: f64,
+        max: f64,
+        (p50, p99): (f64, f64),
+        reference: Option<(f64, f64)>,
+        note: &str,
+    ) -> Row {
+        let held = !max.is_nan();
+        Row {
+            ours: Some(ours),
+            target: held.then_some(max),
+            holds: held.then_some(ours < max),
+            ours_p50_ms: Some(p50),
+            ours_p99_ms: Some(p99),
+            baseline_p50_ms: reference.map(|r| r.0),
+            baseline_p99_ms: reference.map(|r| r.1),
+            note: note.to_owned(),
+            ..Row::empty(scenario, unit)
+        }
+    }
+
     /// Information only (no target).
     pub(crate) fn info(scenario: &str, unit: &str, ours: f64, note: &str) -> Row {
         Row {
@@ -206,6 +231,7 @@ impl Row {
         let target = match (self.ratio_kind, self.target) {
             (RatioKind::Speed, Some(t)) => format!(">= {t}x"),
             (RatioKind::Time, Some(t)) => format!("<= {t}x"),
+            (RatioKind::None, Some(t)) => format!("< {t}"),
             _ => "-".to_owned(),
         };
         let holds = match self.holds {

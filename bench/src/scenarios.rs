@@ -37,6 +37,7 @@ pub(crate) struct Sizes {
     pub(crate) gateway_workload_accounts: usize,
     pub(crate) snapshot_history: usize,
     pub(crate) snapshot_loads: usize,
+    pub(crate) live_commands: usize,
 }
 
 impl Sizes {
@@ -61,6 +62,7 @@ impl Sizes {
                 gateway_workload_accounts: 10_000,
                 snapshot_history: 10_000,
                 snapshot_loads: 20,
+                live_commands: 100,
             }
         } else {
             Sizes {
@@ -82,6 +84,7 @@ impl Sizes {
                 gateway_workload_accounts: 100_000,
                 snapshot_history: 10_000,
                 snapshot_loads: 200,
+                live_commands: 500,
             }
         }
     }

@@ -1,0 +1,218 @@
+//! Live feeds on the whole stack (release binaries behind nginx): how long after a command is
+//! acknowledged its event reaches an SSE client, and what 1 000 idle open feeds cost an
+//! instance in memory.
+//!
+//! The latency's reference is a plain NATS subscriber on the event's subject in this process,
+//! timed from the same acknowledgement: the earliest any client can learn of the event. The
+//! issue's targets are absolute (p99 < 10 ms idle; < 32 MiB per 1 000 idle feeds) and are
+//! checked as such; the reference is shown beside them.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+use serde_json::{Value, json};
+use testkit::sse::Feed;
+use tokio::sync::mpsc;
+
+use crate::report::{Row, Samples};
+
+const TENANT: &str = "bench-live";
+/// Feeds held open for the memory figure (the default `SSE_MAX_STREAMS`).
+const IDLE_FEEDS: usize = 1000;
+/// The pause between two commands: the feeds are idle when each command comes.
+const IDLE_PAUSE: Duration = Duration::from_millis(5);
+
+fn progress(msg: impl std::fmt::Display) {
+    eprintln!("[bench] {msg}");
+}
+
+/// Reads a feed, sending (position, arrival) of every event that has an `id:`.
+fn watch(mut feed: Feed) -> mpsc::UnboundedReceiver<(u64, Instant)> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(e) = feed.next().await {
+            if let Some(id) = e.id.as_deref().and_then(|i| i.parse().ok())
+                && tx.send((id, Instant::now())).is_err()
+            {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Latencies from each acknowledgement to the arrival of its position on `rx`.
+async fn latencies(
+    rx: &mut mpsc::UnboundedReceiver<(u64, Instant)>,
+    acks: &HashMap<u64, Instant>,
+) -> anyhow::Result<Samples> {
+    let mut samples = Samples::default();
+    let mut seen = 0;
+    while seen < acks.len() {
+        let Ok(Some((position, at))) =
+            tokio::time::timeout(Duration::from_secs(30), rx.recv()).await
+        else {
+            anyhow::bail!("a feed stopped after {seen} of {} events", acks.len());
+        };
+        if let Some(ack) = acks.get(&position) {
+            seen += 1;
+            samples.record(at.saturating_duration_since(*ack));
+        }
+    }
+    Ok(samples)
+}
+
+async fn command(
+    http: &reqwest::Client,
+    gateway: &str,
+    token: &str,
+    body: &Value,
+) -> anyhow::Result<u64> {
+    let r = http
+        .post(format!(
+            "{gateway}/v1/tenants/{TENANT}/aggregates/account/lat/commands"
+        ))
+        .bearer_auth(token)
+        .json(body)
+        .send()
+        .await?;
+    anyhow::ensure!(r.status().is_success(), "command: HTTP {}", r.status());
+    let v: Value = r.json().await?;
+    v["position"]
+        .as_u64()
+        .ok_or_else(|| anyhow::anyhow!("no position in {v}"))
+}
+
+/// The rows: latency to the tenant feed, to a view document feed, and memory per 1 000 feeds on
+/// each service.
+pub(crate) async fn live(stack: &e2e::Stack, commands: usize) -> anyhow::Result<Vec<Row>> {
+    let gw = stack.gateway.clone();
+    let token = e2e::Stack::token(&[TENANT]);
+    let http = reqwest::Client::new();
+    let opened = command(
+        &http,
+        &gw,
+        &token,
+        &json!({"type": "open", "payload": {"owner": "Bench", "currency": "EUR"}}),
+    )
+    .await?;
+    let from = opened + 1;
+    let events = Feed::start(
+        &format!("{gw}/v1/tenants/{TENANT}/events?follow=true&from_position={from}"),
+        &token,
+        None,
+    )
+    .await;
+    let doc = Feed::start(
+        &format!("{gw}/v1/tenants/{TENANT}/views/accounts/lat?follow=true"),
+        &token,
+        Some(&opened.to_string()),
+    )
+    .await;
+    let nats = stack.nats().await;
+    let mut core = nats
+        .subscribe(format!("tenant.{TENANT}.aggregate.account.lat"))
+        .await?;
+    nats.flush().await?;
+    let (mut on_events, mut on_doc) = (watch(events), watch(doc));
+    // the plain subscriber sees no position: the n-th message is the n-th command's
+    let (core_tx, mut on_core) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut n = 0u64;
+        while core.next().await.is_some() {
+            n += 1;
+            if core_tx.send((n, Instant::now())).is_err() {
+                return;
+            }
+        }
+    });
+
+    progress(format_args!(
+        "live: {commands} commands, each timed to its SSE event"
+    ));
+    let deposit = json!({"type": "deposit", "payload": {"amount": 1}});
+    let mut acks = HashMap::new();
+    let mut acks_by_number = HashMap::new();
+    for n in 1..=commands as u64 {
+        tokio::time::sleep(IDLE_PAUSE).await;
+        let position = command(&http, &gw, &token, &deposit).await?;
+        let at = Instant::now();
+        acks.insert(position, at);
+        acks_by_number.insert(n, at);
+    }
+    let mut to_events = latencies(&mut on_events, &acks).await?;
+    let mut to_doc = latencies(&mut on_doc, &acks).await?;
+    let mut to_core = latencies(&mut on_core, &acks_by_number).await?;
+    let (c50, c99) = to_core.percentiles_ms();
+    let (e50, e99) = to_events.percentiles_ms();
+    let (d50, d99) = to_doc.percentiles_ms();
+    let mut rows = vec![
+        Row::limit(
+            "live: command acknowledged -> event at an SSE client (tenant feed, gateway)",
+            "ms p99",
+            e99,
+            10.0,
+            (e50, e99),
+            Some((c50, c99)),
+            "target p99 < 10 ms idle (absolute); baseline: a plain NATS subscriber on the subject, from the same ack",
+        ),
+        Row::limit(
+            "live: command acknowledged -> view document at an SSE client (accounts, gateway)",
+            "ms p99",
+            d99,
+            f64::NAN,
+            (d50, d99),
+            Some((c50, c99)),
+            "information: includes the view's apply and commit",
+        ),
+    ];
+
+    for (service, url) in [
+        (
+            "aggregate-1",
+            format!(
+                "{}/v1/tenants/{TENANT}/events?follow=true",
+                stack.url_of("aggregate-1")
+            ),
+        ),
+        (
+            "projection-1",
+            format!(
+                "{}/v1/tenants/{TENANT}/views/accounts/lat?follow=true",
+                stack.url_of("projection-1")
+            ),
+        ),
+    ] {
+        let before = stack.rss_kib(service);
+        let mut feeds = Vec::with_capacity(IDLE_FEEDS);
+        for i in 0..IDLE_FEEDS {
+            feeds.push(Feed::start(&url, &token, None).await);
+            if (i + 1) % 250 == 0 {
+                progress(format_args!(
+                    "live: {} / {IDLE_FEEDS} idle feeds open on {service}",
+                    i + 1
+                ));
+            }
+        }
+        // every feed has sent what it had (the document, or nothing): they are idle now
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let after = stack.rss_kib(service);
+        drop(feeds);
+        let extra = after.saturating_sub(before) as f64 / 1024.0;
+        rows.push(Row::limit(
+            &format!("live: {IDLE_FEEDS} idle open feeds on {service}"),
+            "MiB RSS extra",
+            extra,
+            32.0,
+            (f64::NAN, f64::NAN),
+            None,
+            &format!(
+                "RSS {} -> {} MiB; target < 32 MiB (absolute)",
+                before / 1024,
+                after / 1024
+            ),
+        ));
+    }
+    Ok(rows)
+}

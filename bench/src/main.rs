@@ -8,9 +8,11 @@
 
 mod gateway;
 mod live;
+mod projection;
 mod raw;
 mod report;
 mod scenarios;
+mod sink;
 mod workload;
 
 use std::path::PathBuf;
@@ -104,7 +106,7 @@ async fn main() -> anyhow::Result<()> {
         rows.extend(workload::library(&ctx).await?);
     }
     if wanted("projection") {
-        rows.extend(scenarios::projection(&ctx.sizes).await?);
+        rows.extend(projection::projection(&ctx.sizes).await?);
     }
     if wanted("gateway") {
         rows.extend(gateway::gateway(&ctx.sizes).await?);

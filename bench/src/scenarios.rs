@@ -7,14 +7,13 @@ use std::time::{Duration, Instant};
 
 use aggregate::runtime::{CommandRequest, Runtime};
 use aggregate::store::LoadStrategy;
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use futures::{StreamExt as _, TryStreamExt as _};
 use serde_json::json;
 use shared::{AggregateAddress, Metadata};
 
 use crate::raw::{self, Raw};
-use crate::report::{RatioKind, Row, Samples};
-use clap::Parser as _;
+use crate::report::{Row, Samples};
 
 /// Problem sizes; `--quick` shrinks them for a smoke run.
 #[derive(Debug, Clone)]
@@ -27,6 +26,9 @@ pub(crate) struct Sizes {
     pub(crate) many_phase: Duration,
     pub(crate) cold: Vec<(usize, usize)>,
     pub(crate) projection_events: usize,
+    /// Events and accounts of the rebuild whose memory is measured.
+    pub(crate) projection_memory_events: usize,
+    pub(crate) projection_memory_accounts: usize,
     pub(crate) gateway_round_trips: usize,
     pub(crate) gateway_accounts: usize,
     pub(crate) gateway_clients: usize,
@@ -52,6 +54,8 @@ impl Sizes {
                 many_phase: Duration::from_millis(1_500),
                 cold: vec![(10, 20), (100, 10), (1_000, 4), (10_000, 2)],
                 projection_events: 10_000,
+                projection_memory_events: 100_000,
+                projection_memory_accounts: 10_000,
                 gateway_round_trips: 300,
                 gateway_accounts: 200,
                 gateway_clients: 32,
@@ -74,6 +78,8 @@ impl Sizes {
                 many_phase: Duration::from_secs(8),
                 cold: vec![(10, 200), (100, 100), (1_000, 30), (10_000, 8)],
                 projection_events: 100_000,
+                projection_memory_events: 1_000_000,
+                projection_memory_accounts: 100_000,
                 gateway_round_trips: 2_000,
                 gateway_accounts: 2_000,
                 gateway_clients: 64,
@@ -99,14 +105,12 @@ pub(crate) struct Ctx {
 }
 
 const TENANT: &str = "bench";
-/// The projection scenario's events live under their own tenant, so its consumer sees only them.
-const PROJECTION_TENANT: &str = "bench-projection";
 
 pub(crate) fn account(id: &str) -> anyhow::Result<AggregateAddress> {
     account_in(TENANT, id)
 }
 
-fn account_in(tenant: &str, id: &str) -> anyhow::Result<AggregateAddress> {
+pub(crate) fn account_in(tenant: &str, id: &str) -> anyhow::Result<AggregateAddress> {
     Ok(AggregateAddress::new(
         tenant.parse()?,
         "account".parse()?,
@@ -398,12 +402,12 @@ pub(crate) async fn hot_http(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
 }
 
 /// Resets the process's peak RSS (VmHWM), so the next reading covers only what follows.
-fn reset_peak_rss() -> bool {
+pub(crate) fn reset_peak_rss() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
 /// A `VmXXX:` line of /proc/<pid>/status, in MiB.
-fn proc_status_mib(pid: &str, key: &str) -> Option<f64> {
+pub(crate) fn proc_status_mib(pid: &str, key: &str) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with(key))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
@@ -703,195 +707,4 @@ async fn cold_load_with_snapshot(ctx: &Ctx) -> anyhow::Result<Row> {
             "Runtime::load after evict: snapshot get + direct get from its sequence; baseline = faster raw full read without decoding (raw direct {direct_ms:.3} ms, raw consumer {consumer_ms:.3} ms); {reps} loads"
         ),
     ))
-}
-
-/// Projection throughput and rebuild, on a server of its own (so the stream holds only valid
-/// account events, nothing from the other scenarios). Baseline: a durable pull consumer,
-/// explicit ack per message, batches of 500, over the same events. Ours: the `accounts` view
-/// of the `projection` crate (one view, one consumer), timed until its checkpoint reaches the
-/// last event: "rebuild" over the backlog from a fresh view, then "live" while as many new
-/// events again are published.
-pub(crate) async fn projection(sizes: &Sizes) -> anyhow::Result<Vec<Row>> {
-    let server = testkit::NatsServer::start();
-    let raw = Raw::connect(&server.url()).await?;
-    let js = &raw.js;
-    platform::nats::ensure_stream(js, &shared::StreamSpec::events(1)).await?;
-    let events = sizes.projection_events;
-    let aggregates = 10_000usize;
-    let addresses = (0..aggregates)
-        .map(|i| account_in(PROJECTION_TENANT, &format!("a-{i}")))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let mut versions = vec![0u64; aggregates];
-    let mut batch = |count: usize| {
-        (0..count)
-            .map(|n| {
-                let i = n % aggregates;
-                versions[i] += 1;
-                let address = &addresses[i];
-                raw::account_event(address, versions[i]).map(|body| (address.subject(), body))
-            })
-            .collect::<anyhow::Result<Vec<_>>>()
-    };
-    let backlog = batch(events)?;
-    let live = batch(events)?;
-    let started = Instant::now();
-    raw.publish_all(backlog).await?;
-    progress(format_args!(
-        "projection: {events} events written in {:.1?} (own nats-server)",
-        started.elapsed()
-    ));
-
-    // baseline
-    let config = async_nats::jetstream::consumer::pull::Config {
-        durable_name: Some("bench-projection-baseline".to_owned()),
-        filter_subject: shared::STREAM_FILTER.to_owned(),
-        ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
-        deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::All,
-        max_ack_pending: 500,
-        ..Default::default()
-    };
-    let consumer: async_nats::jetstream::consumer::PullConsumer = js
-        .create_consumer_on_stream(config, shared::STREAM_NAME)
-        .await?;
-    let pending = consumer.cached_info().num_pending as usize;
-    let started = Instant::now();
-    let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(500)
-        .messages()
-        .await?;
-    let mut seen = 0usize;
-    while seen < pending {
-        let msg = tokio::time::timeout(Duration::from_secs(10), messages.next())
-            .await
-            .context("baseline consumer went quiet")?
-            .context("baseline consumer ended")?
-            .map_err(|e| anyhow::anyhow!("baseline consumer: {e}"))?;
-        msg.ack().await.map_err(|e| anyhow::anyhow!("ack: {e}"))?;
-        seen += 1;
-    }
-    let baseline = seen as f64 / started.elapsed().as_secs_f64();
-    drop(messages);
-    let _ = js
-        .delete_consumer_from_stream("bench-projection-baseline", shared::STREAM_NAME)
-        .await;
-    progress(format_args!(
-        "projection baseline: {seen} events consumed at {baseline:.0}/s"
-    ));
-
-    // ours: rebuild (fresh view over the backlog)
-    let config = projection::Config::parse_from([
-        "bench",
-        "--nats-url",
-        &server.url(),
-        "--insecure-no-auth",
-        "--instance-id",
-        "bench",
-    ]);
-    let mut app = projection::start(&config, vec![Arc::new(projection::views::Accounts)])
-        .await
-        .context("starting the projection library")?;
-    let view = app
-        .views
-        .values()
-        .next()
-        .context("the accounts view is missing")?
-        .clone();
-    let last_seq = |js: &async_nats::jetstream::Context| {
-        let js = js.clone();
-        async move {
-            let mut stream = js.get_stream(shared::STREAM_NAME).await?;
-            anyhow::Ok(stream.info().await?.state.last_sequence)
-        }
-    };
-    let caught_up = |target: u64, within: Duration| {
-        let view = view.clone();
-        async move {
-            let deadline = Instant::now() + within;
-            loop {
-                if view
-                    .current()
-                    .checkpoint()
-                    .await
-                    .map_err(|e| anyhow::anyhow!("{e}"))?
-                    >= target
-                {
-                    return anyhow::Ok(());
-                }
-                if Instant::now() > deadline {
-                    bail!("the view did not reach position {target} within {within:?}");
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }
-    };
-    let limit = Duration::from_secs(300);
-    let target = last_seq(js).await?;
-    let shutdown = platform::shutdown::Shutdown::new();
-    let started = Instant::now();
-    let handles = app.spawn_projectors(&shutdown);
-    caught_up(target, limit).await?;
-    let rebuild = events as f64 / started.elapsed().as_secs_f64();
-    progress(format_args!(
-        "projection rebuild: {events} events at {rebuild:.0}/s"
-    ));
-
-    // ours: live (publish as many again while the view runs)
-    let started = Instant::now();
-    raw.publish_all(live).await?;
-    let target = last_seq(js).await?;
-    caught_up(target, limit).await?;
-    let live_rate = events as f64 / started.elapsed().as_secs_f64();
-    progress(format_args!(
-        "projection live: {events} events at {live_rate:.0}/s"
-    ));
-    shutdown.trigger();
-    for h in handles {
-        let _ = tokio::time::timeout(Duration::from_secs(5), h).await;
-    }
-    drop(server);
-
-    let row = |name: String, ours: f64, target: f64| {
-        let ratio = ours / baseline;
-        Row {
-            scenario: name,
-            unit: "events/s".to_owned(),
-            ours: Some(ours),
-            baseline: Some(baseline),
-            ratio_kind: RatioKind::Speed,
-            ratio: Some(ratio),
-            target: Some(target),
-            holds: Some(ratio >= target),
-            ours_p50_ms: None,
-            ours_p99_ms: None,
-            baseline_p50_ms: None,
-            baseline_p99_ms: None,
-            note:
-                "accounts view only; baseline = raw pull consume with explicit ack of the backlog"
-                    .to_owned(),
-        }
-    };
-    let rebuild_secs = events as f64 / rebuild;
-    Ok(vec![
-        row(
-            format!("projection rebuild ({events} events backlog, fresh view)"),
-            rebuild,
-            0.25,
-        ),
-        Row {
-            target: Some(5.0),
-            holds: Some(rebuild_secs < 5.0),
-            ..Row::info(
-                &format!("projection rebuild of {events} events, wall time"),
-                "seconds; target < 5",
-                rebuild_secs,
-                "",
-            )
-        },
-        row(
-            format!("projection live ({events} events published while running)"),
-            live_rate,
-            0.25,
-        ),
-    ])
 }

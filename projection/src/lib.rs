@@ -93,6 +93,10 @@ pub struct Config {
     /// Documents cached in memory per view.
     #[arg(long, env = "CACHE_CAPACITY", default_value_t = 100_000)]
     pub cache_capacity: usize,
+    /// Memory (MiB, estimated from the documents' sizes) a rebuild folds in memory before it
+    /// writes each changed document once; bounds the rebuild's memory, not its speed.
+    #[arg(long, env = "REBUILD_CHUNK_MIB", default_value_t = 64)]
+    pub rebuild_chunk_mib: usize,
     /// Live feeds (Server-Sent Events).
     #[command(flatten)]
     pub live: platform::sse::LiveArgs,
@@ -135,6 +139,7 @@ impl Config {
             cache_capacity: self.cache_capacity,
             replicas: self.nats.stream_replicas,
             stall_after: Duration::from_millis(self.stall_after_ms),
+            rebuild_chunk_bytes: self.rebuild_chunk_mib.max(1) << 20,
         }
     }
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, kv};
 use serde::Serialize;
 
-use crate::engine::{ConsumerSettings, Projector, StartError, ViewRuntime};
+use crate::engine::{ConsumerSettings, Projector, StartError, ViewRuntime, bulk, ensure_consumer};
 use crate::metrics::ViewMetrics;
 use crate::store::{self, StoreError};
 use crate::view::View;
@@ -86,6 +86,22 @@ pub struct Progress {
     pub rate: f64,
     /// Estimated time left.
     pub eta: Option<Duration>,
+}
+
+impl Progress {
+    /// Position `done` of `total`, a rebuild that started at `started`.
+    fn at(done: u64, total: u64, started: Instant) -> Progress {
+        let secs = started.elapsed().as_secs_f64().max(1e-3);
+        let rate = done as f64 / secs;
+        let eta = (rate > 0.0 && total > done)
+            .then(|| Duration::from_secs_f64((total - done) as f64 / rate));
+        Progress {
+            done,
+            total,
+            rate,
+            eta,
+        }
+    }
 }
 
 /// Why a rebuild failed.
@@ -253,11 +269,21 @@ impl Generations {
         let new = old + 1;
         // leftovers of an interrupted rebuild of the same generation start over
         remove_generation(&self.js, &*view, new).await;
-        let projector = self.open_projector(view.clone(), new).await?;
+        let started = Instant::now();
+        let projector = match self
+            .load(view.clone(), new, started, &mut on_progress)
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                remove_generation(&self.js, &*view, new).await;
+                return Err(e);
+            }
+        };
         let rt = projector.runtime().clone();
         let stop = Shutdown::new();
         let run = tokio::spawn(projector.run(stop.clone()));
-        let result = self.follow(&rt, &mut on_progress).await;
+        let result = self.follow(&rt, started, &mut on_progress).await;
         let switched = match result {
             Ok(()) => {
                 let pointer = serde_json::to_vec(&serde_json::json!({ "generation": new }))
@@ -299,29 +325,73 @@ impl Generations {
         switched
     }
 
+    /// The first phase of a rebuild: the backlog up to the stream's last sequence folded into
+    /// generation `generation` in memory-bounded chunks ([`bulk::load`]), then the
+    /// generation's durable consumer, starting after what was loaded.
+    async fn load(
+        &self,
+        view: Arc<dyn View>,
+        generation: u32,
+        started: Instant,
+        on_progress: &mut impl FnMut(&Progress),
+    ) -> Result<Projector, RebuildError> {
+        let rt = Arc::new(
+            ViewRuntime::open(
+                &self.js,
+                view.clone(),
+                self.metrics.clone(),
+                self.settings.replicas,
+                generation,
+                &self.instance,
+            )
+            .await?,
+        );
+        let until = self.last_sequence().await?;
+        let loaded = bulk::load(
+            &self.js,
+            &rt,
+            until,
+            self.settings.rebuild_chunk_bytes,
+            |done| on_progress(&Progress::at(done, until, started)),
+        )
+        .await?;
+        tracing::info!(
+            view = %view.name(),
+            generation,
+            position = loaded.position,
+            events = loaded.events,
+            chunks = loaded.flushes,
+            secs = started.elapsed().as_secs_f64(),
+            stopped_early = loaded.stopped_early,
+            "rebuild: backlog loaded in chunks; the generation's consumer goes on from there"
+        );
+        ensure_consumer(
+            &self.js,
+            &self
+                .settings
+                .consumer_config_after(&*view, generation, loaded.position),
+        )
+        .await
+        .map_err(RebuildError::Start)?;
+        Projector::new(&self.js, rt, self.settings)
+            .await
+            .map_err(RebuildError::Start)
+    }
+
     /// Waits until `rt` has caught up with the stream's last sequence (re-read as it grows).
     async fn follow(
         &self,
         rt: &ViewRuntime,
+        started: Instant,
         on_progress: &mut impl FnMut(&Progress),
     ) -> Result<(), RebuildError> {
-        let started = Instant::now();
         let mut last_move = Instant::now();
         let mut last_done = 0;
         let stall = (self.settings.ack_wait * 2).max(Duration::from_secs(60));
         loop {
             let total = self.last_sequence().await?;
             let done = rt.checkpoint().await?;
-            let secs = started.elapsed().as_secs_f64().max(1e-3);
-            let rate = done as f64 / secs;
-            let eta = (rate > 0.0 && total > done)
-                .then(|| Duration::from_secs_f64((total - done) as f64 / rate));
-            on_progress(&Progress {
-                done,
-                total,
-                rate,
-                eta,
-            });
+            on_progress(&Progress::at(done, total, started));
             if done >= total {
                 return Ok(());
             }

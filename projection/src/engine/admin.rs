@@ -75,7 +75,7 @@ impl ViewRuntime {
                     EventFold::Unknown => return Ok(Applied::Skipped),
                     EventFold::Applied(docs) => docs
                         .into_iter()
-                        .map(|(key, doc)| DocWrite {
+                        .map(|(key, doc, _)| DocWrite {
                             revision: revisions.get(&key).copied().flatten(),
                             key,
                             doc,

@@ -285,7 +285,7 @@ impl Projector {
                 Ok(Disposition::Ack)
             }
             Ok(EventFold::Applied(changed)) => {
-                for (key, doc) in changed {
+                for (key, doc, _) in changed {
                     if let Some(w) = chunk.working.get_mut(&key) {
                         if !w.dirty {
                             chunk.dirty_order.push(key.clone());

@@ -48,8 +48,9 @@ impl ApplyError {
 /// What folding one event did.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum EventFold {
-    /// The new contents of the documents the event changed (stored key → document).
-    Applied(Vec<(String, Value)>),
+    /// The new contents of the documents the event changed (stored key, document, its
+    /// serialized size in bytes).
+    Applied(Vec<(String, Value, usize)>),
     /// Already applied: a document it touches is at or past its sequence.
     Duplicate,
     /// The view does not know the event type.
@@ -128,7 +129,7 @@ pub(crate) fn fold_event(
                 max: max_doc_bytes,
             });
         }
-        out.push((full, doc));
+        out.push((full, doc, size));
     }
     Ok(EventFold::Applied(out))
 }
@@ -214,8 +215,8 @@ mod tests {
         else {
             panic!("not applied")
         };
-        let keys: Vec<&str> = out.iter().map(|(k, _)| k.as_str()).collect();
+        let keys: Vec<&str> = out.iter().map(|(k, _, _)| k.as_str()).collect();
         assert_eq!(keys, ["acme.summary", "acme.account.a"]);
-        assert!(out.iter().all(|(_, d)| d[POSITION_FIELD] == 3));
+        assert!(out.iter().all(|(_, d, _)| d[POSITION_FIELD] == 3));
     }
 }

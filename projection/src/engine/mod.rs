@@ -9,12 +9,14 @@
 //! - [`parking`]: parked events and the marks that hold back later events of their documents.
 //! - [`admin`]: retry and skip of parked events.
 //! - [`batch`]: one batch folded into its documents and committed.
+//! - [`bulk`]: a fresh generation loaded in memory-bounded chunks (a rebuild's first phase).
 //! - [`projector`]: the consumer loop (order, fail-over, progress acks, retries).
 //! - [`health`]: is the view moving? Stall detection, status, metrics.
 //! - [`lag`]: lag polling.
 
 pub mod admin;
 pub mod batch;
+pub mod bulk;
 pub mod commit;
 pub mod consumer;
 pub mod decode;
@@ -142,6 +144,12 @@ impl ViewRuntime {
     /// The checkpoint position.
     pub async fn checkpoint(&self) -> Result<u64, StoreError> {
         Ok(store::read_checkpoint(&self.docs).await?.0)
+    }
+
+    /// The checkpoint document: the position, who committed it and when (the status of the
+    /// view reads the active instance and the last commit from it).
+    pub fn checkpoint_doc(&self, position: u64) -> serde_json::Value {
+        serde_json::json!({"position": position, "instance": self.instance, "at_ms": health::now_ms()})
     }
 
     /// The stored key of `key` within `tenant`.

@@ -11,14 +11,13 @@ use async_nats::jetstream::message::AckKind;
 use async_nats::jetstream::{self, Message};
 use futures::StreamExt as _;
 use platform::shutdown::Shutdown;
-use serde_json::{Value, json};
+use serde_json::Value;
 use shared::AggregateAddress;
 
 use crate::engine::ViewRuntime;
 use crate::engine::commit::{CommitError, DocWrite, commit};
 use crate::engine::consumer::{ConsumerSettings, PRIORITY_GROUP, StartError, ensure_consumer};
 use crate::engine::decode::decode;
-use crate::engine::health::now_ms;
 use crate::engine::parking::{Marks, hold_keys, record_of};
 use crate::store::{self, CHECKPOINT_KEY, StoreError, StoredDoc};
 
@@ -384,10 +383,9 @@ impl Projector {
         Ok(marks)
     }
 
-    /// The checkpoint document: the position, who committed it and when (the status of the
-    /// view reads the active instance and the last commit from it).
+    /// The checkpoint document ([`ViewRuntime::checkpoint_doc`]).
     pub(super) fn checkpoint_doc(&self, position: u64) -> Value {
-        json!({"position": position, "instance": self.rt.instance, "at_ms": now_ms()})
+        self.rt.checkpoint_doc(position)
     }
 
     /// Whether the view's bucket takes writes: rewrites the checkpoint as it is (a conflict

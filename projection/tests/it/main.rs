@@ -1,5 +1,6 @@
 //! Integration tests of the projection service against a real nats-server.
 
+mod bulk;
 mod consume;
 mod http;
 mod live;

@@ -15,30 +15,7 @@ async fn a_poison_event_parks_its_aggregate_until_skipped_and_retried() {
     let server = NatsServer::start();
     let p = projection(&server).await;
     let c = &p.app.client;
-    let open = |id: &str| {
-        envelope(
-            "acme",
-            id,
-            Some(1),
-            "opened",
-            json!({"owner": "A", "currency": "EUR"}),
-        )
-    };
-    publish_raw(c, P1, open("p1")).await;
-    let garbage = publish_raw(c, P1, b"\x00\xffnot json".to_vec()).await;
-    let behind = publish_raw(
-        c,
-        P1,
-        envelope("acme", "p1", Some(2), "deposited", json!({"amount": 5})),
-    )
-    .await;
-    publish_raw(c, P2, open("p2")).await;
-    let last = publish_raw(
-        c,
-        P2,
-        envelope("acme", "p2", Some(2), "deposited", json!({"amount": 7})),
-    )
-    .await;
+    let (garbage, behind, last) = publish_poison_scenario(c, "p1", "p2").await;
     p.caught_up("accounts", last, Duration::from_secs(30)).await;
 
     // other aggregates keep flowing

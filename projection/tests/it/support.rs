@@ -247,6 +247,42 @@ pub(crate) fn envelope(
     serde_json::to_vec(&v).expect("json")
 }
 
+/// The events of a poison scenario on accounts `a` and `b` of tenant `acme`: `a` opened, an
+/// undecodable event and a deposit of 5 behind it; `b` opened and a deposit of 7. Returns the
+/// sequences of the undecodable event, the one behind it and the last.
+pub(crate) async fn publish_poison_scenario(
+    client: &async_nats::Client,
+    a: &str,
+    b: &str,
+) -> (u64, u64, u64) {
+    let open = |id: &str| {
+        envelope(
+            "acme",
+            id,
+            Some(1),
+            "opened",
+            json!({"owner": "A", "currency": "EUR"}),
+        )
+    };
+    let subject = |id: &str| format!("tenant.acme.aggregate.account.{id}");
+    publish_raw(client, &subject(a), open(a)).await;
+    let garbage = publish_raw(client, &subject(a), b"\x00\xffnot json".to_vec()).await;
+    let behind = publish_raw(
+        client,
+        &subject(a),
+        envelope("acme", a, Some(2), "deposited", json!({"amount": 5})),
+    )
+    .await;
+    publish_raw(client, &subject(b), open(b)).await;
+    let last = publish_raw(
+        client,
+        &subject(b),
+        envelope("acme", b, Some(2), "deposited", json!({"amount": 7})),
+    )
+    .await;
+    (garbage, behind, last)
+}
+
 /// Changes the stream configuration of a view's bucket: a real storage fault (a smaller value
 /// limit, a full bucket), undone the same way.
 pub(crate) async fn reconfigure_bucket(

@@ -3,7 +3,8 @@
 # the nginx gateway (gateway/nginx.conf.template) in front of them. No root needed: everything
 # (data, logs, pid files, nginx's temp files) lives in $STACK_DIR.
 #
-#   scripts/stack.sh up            start everything, wait until ready, print URLs and a token
+#   scripts/stack.sh up            start everything, wait until ready, print URLs, a token and
+#                                  a link that signs in to the console (/console/)
 #   scripts/stack.sh cluster-up    the same on a 3-node JetStream cluster (= CLUSTER=1 ... up)
 #   scripts/stack.sh down          stop exactly what `up` started (idempotent)
 #   scripts/stack.sh kill NAME     SIGKILL one process of the stack (NAME as in `status`)

@@ -16,7 +16,8 @@ fn a_fresh_cluster_starts_two_projection_instances() {
 
 /// The console's Health page on a cluster: every instance reports the stream's RAFT group
 /// (`GET /v1/admin/health` through the gateway's `/instances/<name>/health`): a leader among
-/// n1..n3 and the two other nodes as replicas, three configured.
+/// n1..n3 and the two other nodes as replicas, three configured; the page shows them in a real
+/// browser.
 #[test]
 fn instances_report_the_streams_leader_and_replicas_on_a_cluster() {
     let stack =
@@ -47,5 +48,38 @@ fn instances_report_the_streams_leader_and_replicas_on_a_cluster() {
             peers.sort_unstable();
             assert_eq!(peers, ["n1", "n2", "n3"], "{body}");
         }
+
+        let browser = testkit::browser::Browser::start().await;
+        let token = platform::auth::mint_hs256_claims(
+            e2e::SECRET.as_bytes(),
+            "ops",
+            &["acme".to_owned()],
+            true,
+            3600,
+        )
+        .expect("token");
+        browser
+            .goto(&format!("{}/console/#token={token}", stack.gateway))
+            .await;
+        browser
+            .goto(&format!("{}/console/#/health", stack.gateway))
+            .await;
+        let shown = browser
+            .wait_for(
+                "the stream's leader and two replicas",
+                "const leader = document.querySelector(\"#stream-facts dd[data-fact='Leader']\"); \
+                 const rows = [...document.querySelectorAll('#replicas-table tbody th')].map(t => t.innerText); \
+                 return leader && rows.length === 2 ? [leader.innerText, ...rows].sort() : null;",
+                std::time::Duration::from_secs(30),
+            )
+            .await;
+        assert_eq!(shown, serde_json::json!(["n1", "n2", "n3"]));
+        let cluster = browser
+            .run(
+                "return document.querySelector(\"#stream-facts dd[data-fact='Cluster']\").innerText;",
+                vec![],
+            )
+            .await;
+        assert_eq!(cluster, "nats-es-local", "the cluster's name");
     });
 }

@@ -123,6 +123,17 @@ async fn dialog_open(browser: &Browser) {
         .await;
 }
 
+/// Waits until the parked list has reloaded after an action (it is `aria-busy` meanwhile).
+async fn parked_list_settled(browser: &Browser) {
+    browser
+        .wait_for(
+            "the parked list reloaded",
+            "return document.getElementById('parked-list').getAttribute('aria-busy') !== 'true';",
+            WAIT,
+        )
+        .await;
+}
+
 /// Answers the confirmation dialog with Confirm.
 async fn confirm(browser: &Browser) {
     dialog_open(browser).await;
@@ -513,6 +524,7 @@ async fn the_console_runs_the_operator_tasks_in_a_real_browser() {
         &["Parked events failed again", "409"],
     )
     .await;
+    parked_list_settled(&browser).await;
     // Escape cancels a skip
     browser.click(&row(garbage, "button.skip")).await;
     dialog_open(&browser).await;

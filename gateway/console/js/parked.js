@@ -43,19 +43,20 @@ export function mount(main) {
   let alive = true;
   const view = () => select.value;
 
+  // the list stays as it is while it reloads (aria-busy), and is replaced in one go
   const load = async () => {
     if (!view()) return;
     setRouteParams('parked', { view: view() });
-    fill(list, note('Loading…'));
-    let answer;
+    list.setAttribute('aria-busy', 'true');
+    if (!list.firstChild) fill(list, note('Loading…'));
     try {
-      answer = await get(`/v1/admin/views/${encodeURIComponent(view())}/parked`);
+      const answer = await get(`/v1/admin/views/${encodeURIComponent(view())}/parked`);
+      if (alive) render(answer.parked ?? []);
     } catch (e) {
       fill(list, problemBox(e));
-      return;
+    } finally {
+      list.removeAttribute('aria-busy');
     }
-    if (!alive) return;
-    render(answer.parked ?? []);
   };
 
   const act = async (label, question, okLabel, path) => {
@@ -180,6 +181,7 @@ export function mount(main) {
 
   select.addEventListener('change', () => {
     result.replaceChildren();
+    list.replaceChildren();
     load();
   });
   refreshButton.addEventListener('click', load);

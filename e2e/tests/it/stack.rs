@@ -244,6 +244,45 @@ async fn the_stack_works_through_the_gateway() {
         assert_eq!(id["type"], "urn:nats-es:problem:invalid-id", "{name}");
     }
 
+    // the live feeds (both services, through the gateway) are guarded like every route: 401
+    // without a token, 403 for another tenant, 400 for an invalid id, before any feed opens
+    for feed in [
+        "/v1/tenants/acme/aggregates/account/e2e-1/events?follow=true",
+        "/v1/tenants/acme/events?follow=true",
+        "/v1/tenants/acme/views/accounts/e2e-1?follow=true",
+        "/v1/tenants/acme/views/tenant-summary?follow=true",
+    ] {
+        let un = problem(
+            http.get(format!("{gw}{feed}")).send().await.expect("401"),
+            StatusCode::UNAUTHORIZED,
+        )
+        .await;
+        assert_eq!(un["type"], "urn:nats-es:problem:unauthorized", "{feed}");
+        let fb = problem(
+            http.get(format!("{gw}{}", feed.replace("/acme/", "/other/")))
+                .header("authorization", &auth)
+                .send()
+                .await
+                .expect("403"),
+            StatusCode::FORBIDDEN,
+        )
+        .await;
+        assert_eq!(fb["type"], "urn:nats-es:problem:forbidden", "{feed}");
+        if !feed.contains("e2e-1") {
+            continue;
+        }
+        let id = problem(
+            http.get(format!("{gw}{}", feed.replace("e2e-1", "a..b")))
+                .header("authorization", &auth)
+                .send()
+                .await
+                .expect("400"),
+            StatusCode::BAD_REQUEST,
+        )
+        .await;
+        assert_eq!(id["type"], "urn:nats-es:problem:invalid-id", "{feed}");
+    }
+
     // the admin routes need an admin token
     let r = http
         .get(format!("{gw}/v1/admin/views/accounts/parked"))

@@ -149,8 +149,11 @@ impl Feed {
             .subscribe(self.filter.clone())
             .await
             .map_err(|_| "cannot subscribe")?;
+        // after a wake-up: the pauses left before looking again when a look found nothing
+        let mut settle: &[Duration] = &[];
         loop {
             // everything up to the stream's end, a page at a time
+            let before = self.next;
             loop {
                 let page = self.page().await?;
                 let full = page.len() == PAGE;
@@ -164,15 +167,27 @@ impl Feed {
             if !self.follow {
                 return Ok(());
             }
+            // a wake-up comes with the publish, possibly before the stream has stored it
+            if self.next == before
+                && let Some((pause, rest)) = settle.split_first()
+            {
+                self.out.idle(*pause).await?;
+                settle = rest;
+                continue;
+            }
             let woke = self
                 .out
                 .until(tokio::time::timeout(self.poll, wakeups.next()))
                 .await?;
-            if let Ok(None) = woke {
-                return Err("subscription ended");
+            match woke {
+                Ok(None) => return Err("subscription ended"),
+                Ok(Some(_)) => {
+                    // one read serves every notification queued meanwhile
+                    while let Some(Some(_)) = futures::FutureExt::now_or_never(wakeups.next()) {}
+                    settle = &platform::sse::SETTLE_AFTER_WAKEUP;
+                }
+                Err(_) => settle = &[],
             }
-            // one read serves every notification queued meanwhile
-            while let Some(Some(_)) = futures::FutureExt::now_or_never(wakeups.next()) {}
         }
     }
 

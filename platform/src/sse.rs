@@ -45,6 +45,17 @@ impl LiveArgs {
     }
 }
 
+/// Pauses before a feed looks again after a wake-up that showed nothing new: a plain
+/// subscription sees a message when it is published, possibly before JetStream has stored (or
+/// an atomic batch committed) it. A poll every heartbeat covers anything later still.
+pub const SETTLE_AFTER_WAKEUP: [Duration; 5] = [
+    Duration::from_millis(2),
+    Duration::from_millis(10),
+    Duration::from_millis(50),
+    Duration::from_millis(250),
+    Duration::from_secs(1),
+];
+
 /// Why a feed ended (logged at INFO, never sent).
 pub type EndReason = &'static str;
 

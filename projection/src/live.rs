@@ -39,15 +39,6 @@ use crate::store::{self, StoredDoc};
 const PAGE: usize = 256;
 /// Documents per page of a list feed's first snapshot.
 const SNAPSHOT_PAGE: usize = 100;
-/// Pauses before looking again at a document after a wake-up that showed nothing new (the
-/// write's batch may not be committed yet).
-const SETTLE: [Duration; 5] = [
-    Duration::from_millis(2),
-    Duration::from_millis(10),
-    Duration::from_millis(50),
-    Duration::from_millis(250),
-    Duration::from_secs(1),
-];
 /// The longest pause while waiting for the view to apply a page.
 const APPLIED_POLL_MAX: Duration = Duration::from_millis(500);
 
@@ -179,7 +170,7 @@ impl DocFeed {
                 Ok(None) => return Err("subscription ended"),
                 Ok(Some(_)) => {
                     while let Some(Some(_)) = futures::FutureExt::now_or_never(sub.next()) {}
-                    for pause in SETTLE {
+                    for pause in platform::sse::SETTLE_AFTER_WAKEUP {
                         out.idle(pause).await?;
                         if self.send_if_newer(&rt, &out).await? {
                             break;

@@ -72,6 +72,9 @@ impl StreamError {
     }
 }
 
+/// What [`retry_startup`] logs (WARN, after what it was doing) for each failed attempt.
+pub const RETRYING: &str = "failed; retrying";
+
 /// Runs a start-up `step` (stream, buckets, consumers: every step is get-or-create, so it can
 /// run again) until it succeeds, a `permanent` error comes back, or `within` has passed.
 /// A cluster that is still electing its meta leader, or a server that has not come up yet,
@@ -126,7 +129,7 @@ where
                     attempt,
                     error = format!("{e:#}"),
                     retry_in_ms = delay.as_millis(),
-                    "{what} failed; retrying"
+                    "{what} {RETRYING}"
                 );
                 tokio::time::sleep(delay).await;
                 // 100 ms doubling to 2 s, with jitter so instances do not retry in lockstep
@@ -145,8 +148,9 @@ pub async fn connect(
     service: &str,
     instance: &str,
 ) -> Result<async_nats::Client, async_nats::Error> {
+    let name = format!("{service}-{instance}");
     let mut opts = async_nats::ConnectOptions::new()
-        .name(format!("{service}-{instance}"))
+        .name(name.clone())
         .retry_on_initial_connect()
         .max_reconnects(None)
         .connection_timeout(Duration::from_secs(5))
@@ -155,11 +159,18 @@ pub async fn connect(
             let base = 50u64.saturating_mul(1 << attempt.min(7)).min(5_000);
             Duration::from_millis(base / 2 + rand::random_range(0..=base / 2))
         })
-        .event_callback(move |event| async move {
-            match event {
-                async_nats::Event::Connected => tracing::info!("nats connected"),
-                async_nats::Event::Disconnected => tracing::warn!("nats disconnected"),
-                other => tracing::info!(event = %other, "nats event"),
+        .event_callback(move |event| {
+            let connection = name.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => {
+                        tracing::info!(%connection, "nats connected");
+                    }
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!(%connection, "nats disconnected");
+                    }
+                    other => tracing::info!(%connection, event = %other, "nats event"),
+                }
             }
         });
     if let Some(creds) = &args.nats_creds {

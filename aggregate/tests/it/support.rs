@@ -1,7 +1,6 @@
 //! Test support: a real server and aggregate instances on it.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use aggregate::account::Account;
 use aggregate::domain::{Aggregate, DomainError, DynAggregate, Snapshotting};
@@ -89,24 +88,6 @@ pub(crate) async fn consumers(client: &async_nats::Client) -> Vec<String> {
         .try_collect()
         .await
         .expect("consumer names")
-}
-
-/// Polls `check` until it holds or `within` passes.
-pub(crate) async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if check().await {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// A test aggregate whose `post` command yields several events (one per line), to exercise

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::harness::{Scale, Stack, Topology, poll};
+use crate::harness::{Scale, Stack, Topology};
 use crate::invariants;
 use crate::report::{Report, ms};
 use crate::workload::{Client, Load, LoadSpec, Outcome, Workload};
@@ -100,13 +100,19 @@ async fn stream_leader(nats: &async_nats::Client, not: Option<&str>) -> String {
     let js = async_nats::jetstream::ContextBuilder::new()
         .timeout(Duration::from_millis(500))
         .build(nats.clone());
-    poll(
+    testkit::eventually(
         "a stream leader (other than the killed node)",
         Duration::from_secs(30),
-        || async {
-            let s = js.get_stream(shared::STREAM_NAME).await.ok()?;
-            let leader = s.cached_info().cluster.clone()?.leader?;
-            (Some(leader.as_str()) != not).then_some(leader)
+        async || {
+            let leader = async {
+                let s = js.get_stream(shared::STREAM_NAME).await.ok()?;
+                s.cached_info().cluster.clone()?.leader
+            }
+            .await;
+            match leader {
+                Some(l) if Some(l.as_str()) != not => Ok(l),
+                other => Err(other),
+            }
         },
     )
     .await
@@ -187,24 +193,32 @@ async fn b_killing_service_instances_loses_and_duplicates_nothing() {
     // read-your-writes query answers
     let takeover = run.client.clone();
     let hot = run.workload.hot[0].clone();
-    poll(
+    testkit::eventually(
         "a read-your-writes answer from the surviving projection",
         Duration::from_secs(45),
-        || async {
-            let path = format!(
-                "/v1/tenants/{}/aggregates/account/{}/events",
-                hot.tenant, hot.id
-            );
-            let events: serde_json::Value = takeover.get(&path).await.ok()?.json().await.ok()?;
-            let last = events["events"].as_array()?.last()?["position"].as_u64()?;
-            let r = takeover
-                .get(&format!(
-                    "/v1/tenants/{}/views/accounts/{}?min_position={last}",
+        async || {
+            let status = async {
+                let path = format!(
+                    "/v1/tenants/{}/aggregates/account/{}/events",
                     hot.tenant, hot.id
-                ))
-                .await
-                .ok()?;
-            (r.status() == 200).then_some(())
+                );
+                let events: serde_json::Value =
+                    takeover.get(&path).await.ok()?.json().await.ok()?;
+                let last = events["events"].as_array()?.last()?["position"].as_u64()?;
+                let r = takeover
+                    .get(&format!(
+                        "/v1/tenants/{}/views/accounts/{}?min_position={last}",
+                        hot.tenant, hot.id
+                    ))
+                    .await
+                    .ok()?;
+                Some(r.status())
+            }
+            .await;
+            match status {
+                Some(s) if s == 200 => Ok(()),
+                other => Err(other),
+            }
         },
     )
     .await;
@@ -244,10 +258,13 @@ async fn c_restarting_nats_loses_nothing_and_answers_503_meanwhile() {
     // every instance reports not ready while NATS is gone
     let services = run.stack.services.clone();
     for (name, base) in &services {
-        poll(
-            &format!("{name} /readyz answering 503 with NATS down"),
+        testkit::eventually(
+            format!("{name} /readyz answering 503 with NATS down"),
             Duration::from_secs(15),
-            || async { (readyz(&http, base).await == Some(503)).then_some(()) },
+            async || match readyz(&http, base).await {
+                Some(503) => Ok(()),
+                other => Err(other),
+            },
         )
         .await;
     }
@@ -256,10 +273,13 @@ async fn c_restarting_nats_loses_nothing_and_answers_503_meanwhile() {
     run.stack.start("nats").await;
     report.set_ms("nats_healthy_after_restart_ms", t.elapsed());
     for (name, base) in &services {
-        poll(
-            &format!("{name} /readyz answering 200 after NATS came back"),
+        testkit::eventually(
+            format!("{name} /readyz answering 200 after NATS came back"),
             Duration::from_secs(30),
-            || async { (readyz(&http, base).await == Some(200)).then_some(()) },
+            async || match readyz(&http, base).await {
+                Some(200) => Ok(()),
+                other => Err(other),
+            },
         )
         .await;
     }

@@ -5,7 +5,7 @@
 use e2e::target_profile_dir;
 use std::path::PathBuf;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub(crate) use e2e::{Stack, Topology};
 
@@ -54,20 +54,4 @@ pub(crate) fn reliability_dir() -> PathBuf {
         .parent()
         .expect("target")
         .join("reliability")
-}
-
-/// Polls `f` every 50 ms until it returns `Some`, or panics with `what` after `within`.
-pub(crate) async fn poll<T, F, Fut>(what: &str, within: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }

@@ -21,7 +21,7 @@ use futures::{StreamExt as _, TryStreamExt as _};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::harness::{Stack, Topology, poll};
+use crate::harness::{Stack, Topology};
 use crate::report::{Report, ms};
 use crate::workload::{Client, Outcome, Workload};
 
@@ -51,21 +51,30 @@ pub(crate) async fn check(stack: &Stack, w: &Workload, out: &Outcome, report: &m
     if stack.topology == Topology::Cluster {
         // every replica current again after the fault
         let t = Instant::now();
-        poll(
+        testkit::eventually(
             "all replicas of AGGREGATE_EVENTS current",
             Duration::from_secs(60),
-            || async {
-                let info = js
-                    .get_stream(shared::STREAM_NAME)
-                    .await
-                    .ok()?
-                    .cached_info()
-                    .clone();
-                let c = info.cluster?;
-                (c.leader.is_some()
-                    && c.replicas.len() == 2
-                    && c.replicas.iter().all(|r| r.current))
-                .then_some(())
+            async || {
+                let cluster = async {
+                    let info = js
+                        .get_stream(shared::STREAM_NAME)
+                        .await
+                        .ok()?
+                        .cached_info()
+                        .clone();
+                    info.cluster
+                }
+                .await;
+                match cluster {
+                    Some(c)
+                        if c.leader.is_some()
+                            && c.replicas.len() == 2
+                            && c.replicas.iter().all(|r| r.current) =>
+                    {
+                        Ok(())
+                    }
+                    other => Err(other),
+                }
             },
         )
         .await;
@@ -111,13 +120,20 @@ pub(crate) async fn check(stack: &Stack, w: &Workload, out: &Outcome, report: &m
     let t = Instant::now();
     for bucket in VIEW_BUCKETS {
         let kv = js.get_key_value(bucket).await.expect("view bucket");
-        poll(
-            &format!("{bucket} checkpoint reaching stream sequence {last_seq}"),
+        testkit::eventually(
+            format!("{bucket} checkpoint reaching stream sequence {last_seq}"),
             Duration::from_secs(60),
-            || async {
-                let e = kv.get("_checkpoint").await.ok()??;
-                let v: Value = serde_json::from_slice(&e).ok()?;
-                (v["position"].as_u64()? >= last_seq).then_some(())
+            async || {
+                let position = async {
+                    let e = kv.get("_checkpoint").await.ok()??;
+                    let v: Value = serde_json::from_slice(&e).ok()?;
+                    v["position"].as_u64()
+                }
+                .await;
+                match position {
+                    Some(p) if p >= last_seq => Ok(()),
+                    other => Err(other),
+                }
             },
         )
         .await;

@@ -341,8 +341,12 @@ impl Load {
 
     /// Waits (bounded) until at least `n` more commands are acknowledged than `from`.
     pub(crate) async fn wait_progress(&self, from: u64, n: u64, within: Duration, what: &str) {
-        crate::harness::poll(what, within, || async {
-            (self.acks() >= from + n).then_some(())
+        testkit::eventually(what, within, async || match self.acks() {
+            acks if acks >= from + n => Ok(()),
+            acks => Err(format!(
+                "{acks} acknowledged, {} more wanted",
+                from + n - acks
+            )),
         })
         .await;
     }

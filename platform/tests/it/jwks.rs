@@ -139,25 +139,29 @@ fn authenticator(extra: &[&str]) -> Authenticator {
     Authenticator::from_args(&Args::parse_from(args).auth).expect("authenticator")
 }
 
-/// Polls `check` every 50 ms until it holds or `within` passes; returns the last value seen.
-async fn until<T>(within: Duration, mut check: impl AsyncFnMut() -> (bool, T)) -> (bool, T) {
-    let deadline = Instant::now() + within;
-    loop {
-        let (ok, seen) = check().await;
-        if ok || Instant::now() >= deadline {
-            return (ok, seen);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+async fn loaded(auth: &Authenticator) {
+    testkit::eventually(
+        "the keys load",
+        Duration::from_secs(10),
+        async || match auth.not_ready() {
+            None => Ok(()),
+            why => Err(why),
+        },
+    )
+    .await;
 }
 
-async fn loaded(auth: &Authenticator) {
-    let (ok, why) = until(Duration::from_secs(10), async || {
-        let why = auth.not_ready();
-        (why.is_none(), why)
-    })
+/// Waits until the provider has served its key set three times.
+async fn three_fetches(idp: &Provider) {
+    testkit::eventually(
+        "three fetches",
+        Duration::from_secs(15),
+        async || match idp.fetches() {
+            n if n >= 3 => Ok(()),
+            n => Err(n),
+        },
+    )
     .await;
-    assert!(ok, "keys did not load: {why:?}");
 }
 
 fn detail(p: &platform::problem::Problem) -> String {
@@ -222,12 +226,12 @@ async fn a_rotation_is_picked_up_and_an_unknown_kid_flood_fetches_at_most_once_p
     // the provider rotates: ec-2 signs, ec-1 stays published, rsa-1 is retired
     idp.set(|s| s.jwks = public_keys(&["ec-2", "ec-1"]));
     let new = token(Algorithm::ES256, "ec2-private.pem", Some("ec-2"));
-    let (ok, last) = until(Duration::from_secs(10), async || {
-        let r = auth.verify(&new).await;
-        (r.is_ok(), r)
-    })
+    testkit::eventually(
+        "the rotated key is picked up",
+        Duration::from_secs(10),
+        async || auth.verify(&new).await.map(drop),
+    )
     .await;
-    assert!(ok, "the rotated key was not picked up: {last:?}");
     assert!(auth.verify(&old).await.is_ok(), "ec-1 is still published");
     let retired = token(Algorithm::RS256, "rsa-private.pem", Some("rsa-1"));
     let p = auth.verify(&retired).await.expect_err("retired key");
@@ -276,12 +280,19 @@ async fn a_provider_down_at_start_up_is_reported_until_its_keys_load() {
     let issuer = format!("http://127.0.0.1:{port}");
     let auth = authenticator(&["--auth-oidc-issuer-url", &issuer]);
     let discovery = format!("{issuer}/.well-known/openid-configuration");
-    let (named, why) = until(Duration::from_secs(10), async || {
-        let why = auth.not_ready().unwrap_or_default();
-        (why.contains(&discovery), why)
-    })
+    testkit::eventually(
+        "readiness names the discovery URL",
+        Duration::from_secs(10),
+        async || {
+            let why = auth.not_ready().unwrap_or_default();
+            if why.contains(&discovery) {
+                Ok(())
+            } else {
+                Err(why)
+            }
+        },
+    )
     .await;
-    assert!(named, "readiness does not name the URL: {why}");
     let t = token(Algorithm::EdDSA, "ed-private.pem", Some("ed-1"));
     let p = auth.verify(&t).await.expect_err("no keys yet");
     assert_eq!(p.status, 503, "{p:?}");
@@ -336,12 +347,19 @@ async fn known_keys_keep_working_while_the_provider_is_down() {
     let (idp2, _server2) = Provider::start(0, public_keys(&["ec-1"])).await;
     idp2.set(|s| s.status = StatusCode::INTERNAL_SERVER_ERROR);
     let auth2 = authenticator(&["--auth-jwks-url", &format!("{}/jwks", idp2.base)]);
-    let (named, why) = until(Duration::from_secs(10), async || {
-        let why = auth2.not_ready().unwrap_or_default();
-        (why.contains("HTTP status 500"), why)
-    })
+    testkit::eventually(
+        "readiness names the HTTP status",
+        Duration::from_secs(10),
+        async || {
+            let why = auth2.not_ready().unwrap_or_default();
+            if why.contains("HTTP status 500") {
+                Ok(())
+            } else {
+                Err(why)
+            }
+        },
+    )
     .await;
-    assert!(named, "{why}");
 }
 
 #[tokio::test]
@@ -382,12 +400,19 @@ async fn bad_documents_are_errors_naming_the_url_never_accept_all() {
         idp.set(setup);
         let auth = authenticator(&["--auth-oidc-issuer-url", &idp.base]);
         let url = format!("{}{path}", idp.base);
-        let (named, why) = until(Duration::from_secs(10), async || {
-            let why = auth.not_ready().unwrap_or_default();
-            (why.contains(&url) && why.contains(want), why)
-        })
+        testkit::eventually(
+            format!("{label}: readiness names {url} and {want:?}"),
+            Duration::from_secs(10),
+            async || {
+                let why = auth.not_ready().unwrap_or_default();
+                if why.contains(&url) && why.contains(want) {
+                    Ok(())
+                } else {
+                    Err(why)
+                }
+            },
+        )
         .await;
-        assert!(named, "{label}: {why}");
         let p = auth.verify(&t).await.expect_err(label);
         assert_eq!(p.status, 503, "{label}: {p:?}");
     }
@@ -400,11 +425,7 @@ async fn cache_control_max_age_drives_the_background_refresh_within_bounds() {
     idp.set(|s| s.cache_control = "public, max-age=1");
     let url = format!("{}/jwks", idp.base);
     let auth = authenticator(&["--auth-jwks-url", &url, "--auth-jwks-refresh-min-secs", "1"]);
-    let (ok, n) = until(Duration::from_secs(15), async || {
-        (idp.fetches() >= 3, idp.fetches())
-    })
-    .await;
-    assert!(ok, "{n} fetches");
+    three_fetches(&idp).await;
     drop(auth);
 
     // a max-age of a day, bounded by refresh_max=1
@@ -419,9 +440,5 @@ async fn cache_control_max_age_drives_the_background_refresh_within_bounds() {
         "--auth-jwks-refresh-max-secs",
         "1",
     ]);
-    let (ok, n) = until(Duration::from_secs(15), async || {
-        (idp.fetches() >= 3, idp.fetches())
-    })
-    .await;
-    assert!(ok, "{n} fetches");
+    three_fetches(&idp).await;
 }

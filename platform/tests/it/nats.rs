@@ -1,10 +1,11 @@
 //! NATS connection options: user/password, readiness while disconnected, reconnect.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Parser;
 use platform::nats::{NatsArgs, connect, ensure_stream, is_connected};
 use testkit::NatsServer;
+use testkit::logs::Mark;
 use testkit::operator::Operator;
 
 #[derive(Parser)]
@@ -17,15 +18,29 @@ fn args(extra: &[&str]) -> NatsArgs {
     Args::parse_from(std::iter::once("test").chain(extra.iter().copied())).nats
 }
 
-async fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if check() {
-            return true;
+/// Waits until `client` is connected (`want`) or not, reporting its state if it does not.
+async fn connected(client: &async_nats::Client, want: bool, within: Duration, what: &str) {
+    testkit::eventually(what, within, async || {
+        if is_connected(client) == want {
+            Ok(())
+        } else {
+            Err(client.connection_state())
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    check()
+    })
+    .await;
+}
+
+/// A client that must never connect: waits until it has been refused twice (each failed
+/// attempt of the connection named `name` is logged as a client error since `mark`), then
+/// checks it is still not connected.
+async fn refused(client: &async_nats::Client, name: &str, mark: Mark, what: &str) {
+    mark.logged(
+        &format!("connection={name} event=client error"),
+        2,
+        Duration::from_secs(15),
+    )
+    .await;
+    assert!(!is_connected(client), "{what}");
 }
 
 #[tokio::test]
@@ -46,7 +61,14 @@ async fn user_and_password_are_used_and_wrong_ones_never_connect() {
     )
     .await
     .expect("client");
-    assert!(eventually(Duration::from_secs(5), || is_connected(&good)).await);
+    connected(
+        &good,
+        true,
+        Duration::from_secs(5),
+        "the right password connects",
+    )
+    .await;
+    let mark = Mark::now();
     let bad = connect(
         &args(&[
             "--nats-url",
@@ -61,8 +83,7 @@ async fn user_and_password_are_used_and_wrong_ones_never_connect() {
     )
     .await
     .expect("client (connects in the background)");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(!is_connected(&bad), "connected with a wrong password");
+    refused(&bad, "test-2", mark, "connected with a wrong password").await;
 }
 
 #[tokio::test]
@@ -71,17 +92,17 @@ async fn readiness_follows_the_connection_and_it_comes_back_by_itself() {
     let client = connect(&args(&["--nats-url", &server.url()]), "test", "1")
         .await
         .expect("client");
-    assert!(eventually(Duration::from_secs(5), || is_connected(&client)).await);
+    connected(&client, true, Duration::from_secs(5), "connects").await;
     server.kill();
-    assert!(
-        eventually(Duration::from_secs(5), || !is_connected(&client)).await,
-        "still 'connected' with the server down"
-    );
+    connected(
+        &client,
+        false,
+        Duration::from_secs(5),
+        "still 'connected' with the server down",
+    )
+    .await;
     server.restart();
-    assert!(
-        eventually(Duration::from_secs(15), || is_connected(&client)).await,
-        "did not reconnect"
-    );
+    connected(&client, true, Duration::from_secs(15), "did not reconnect").await;
 }
 
 #[tokio::test]
@@ -94,7 +115,13 @@ async fn the_client_starts_before_the_server_and_connects_when_it_comes() {
         .expect("client");
     assert!(!is_connected(&client));
     server.restart();
-    assert!(eventually(Duration::from_secs(15), || is_connected(&client)).await);
+    connected(
+        &client,
+        true,
+        Duration::from_secs(15),
+        "connects once the server is up",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -112,18 +139,24 @@ async fn tls_with_a_private_ca_connects_and_plaintext_is_refused() {
     )
     .await
     .expect("client");
-    assert!(
-        eventually(Duration::from_secs(5), || is_connected(&tls)).await,
-        "no TLS connection with the CA"
-    );
+    connected(
+        &tls,
+        true,
+        Duration::from_secs(5),
+        "no TLS connection with the CA",
+    )
+    .await;
+    let mark = Mark::now();
     let plain = connect(&args(&["--nats-url", &url]), "test", "plain")
         .await
         .expect("client (connects in the background)");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(
-        !is_connected(&plain),
-        "connected without trusting the server's CA"
-    );
+    refused(
+        &plain,
+        "test-plain",
+        mark,
+        "connected without trusting the server's CA",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -142,10 +175,13 @@ async fn a_creds_file_authenticates_in_operator_mode_and_can_use_jetstream() {
         creds.to_str().expect("path"),
     ]);
     let good = connect(&nats, "test", "creds").await.expect("client");
-    assert!(
-        eventually(Duration::from_secs(5), || is_connected(&good)).await,
-        "no connection with the user's creds"
-    );
+    connected(
+        &good,
+        true,
+        Duration::from_secs(5),
+        "no connection with the user's creds",
+    )
+    .await;
     // the account's JetStream is what the services use
     let js = async_nats::jetstream::new(good);
     let info = ensure_stream(&js, &shared::StreamSpec::events(1))
@@ -154,6 +190,7 @@ async fn a_creds_file_authenticates_in_operator_mode_and_can_use_jetstream() {
     assert_eq!(info.config.name, shared::STREAM_NAME);
 
     let foreign = Operator::foreign_user_creds(dir.path(), "intruder");
+    let mark = Mark::now();
     let bad = connect(
         &args(&[
             "--nats-url",
@@ -166,16 +203,24 @@ async fn a_creds_file_authenticates_in_operator_mode_and_can_use_jetstream() {
     )
     .await
     .expect("client (connects in the background)");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(
-        !is_connected(&bad),
-        "connected with a user of an account the server does not trust"
-    );
+    refused(
+        &bad,
+        "test-foreign",
+        mark,
+        "connected with a user of an account the server does not trust",
+    )
+    .await;
+    let mark = Mark::now();
     let anonymous = connect(&args(&["--nats-url", &url]), "test", "anonymous")
         .await
         .expect("client (connects in the background)");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(!is_connected(&anonymous), "connected without credentials");
+    refused(
+        &anonymous,
+        "test-anonymous",
+        mark,
+        "connected without credentials",
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -228,12 +228,15 @@ async fn a_killed_instance_is_replaced_and_views_converge_without_double_apply()
     };
     // kill it once it has committed something but (very likely) not everything
     let rt = first.view("accounts");
-    assert!(
-        eventually(Duration::from_secs(30), || async {
-            rt.checkpoint().await.is_ok_and(|p| p > 100)
-        })
-        .await
-    );
+    testkit::eventually(
+        "the first instance commits past position 100",
+        Duration::from_secs(30),
+        async || match rt.checkpoint().await {
+            Ok(p) if p > 100 => Ok(()),
+            other => Err(other),
+        },
+    )
+    .await;
     first.kill();
     let standby = projection(&server).await;
     let (accounts, last) = writer.await.expect("writer");
@@ -366,13 +369,14 @@ async fn start_up_waits_for_a_server_that_is_not_up_yet_then_projects() {
     let mut server = NatsServer::start();
     let cfg = config(&server, &[]);
     server.kill();
+    let mark = testkit::logs::Mark::now();
     let starting = {
         let cfg = cfg.clone();
         tokio::spawn(async move { projection::start(&cfg, projection::default_views()).await })
     };
     let app = testkit::waits_until_brought_up(
         starting,
-        Duration::from_millis(1500),
+        mark.logged(platform::nats::RETRYING, 2, Duration::from_secs(30)),
         || server.restart(),
         Duration::from_secs(30),
     )

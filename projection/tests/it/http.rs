@@ -163,12 +163,13 @@ async fn client_errors_are_problems_of_the_right_class() {
     assert_eq!(status, 400);
 
     // ops routes
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            p.get("/readyz").await.0 == 200
-        })
-        .await
-    );
+    testkit::eventually("ready", Duration::from_secs(10), async || {
+        match p.get("/readyz").await {
+            (axum::http::StatusCode::OK, _) => Ok(()),
+            other => Err(other),
+        }
+    })
+    .await;
     let (status, _) = p.get("/healthz").await;
     assert_eq!(status, 200);
     let metrics = p.app.metrics.render();

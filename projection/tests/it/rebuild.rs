@@ -73,11 +73,15 @@ async fn a_rebuild_switches_to_a_fresh_generation_without_failing_a_query() {
         .expect("rebuild");
     assert_eq!(generation, 1);
     // the instance moves its queries and its consumer to the new generation
-    let moved = eventually(Duration::from_secs(10), || async {
-        p.view("accounts").generation == 1
-    })
+    testkit::eventually(
+        "the instance switches to generation 1",
+        Duration::from_secs(10),
+        async || match p.view("accounts").generation {
+            1 => Ok(()),
+            g => Err(g),
+        },
+    )
     .await;
-    assert!(moved, "the instance did not switch to generation 1");
     stop.store(true, Ordering::Relaxed);
     reader.await.expect("no query failed");
     let last = writer.await.expect("writer");
@@ -109,11 +113,18 @@ async fn a_rebuild_switches_to_a_fresh_generation_without_failing_a_query() {
     // the old generation is gone, the new one is there
     let client = &p.app.client;
     assert!(bucket_exists(client, "VIEW_accounts_v1_g1").await);
-    let gone = eventually(Duration::from_secs(10), || async {
-        !bucket_exists(client, "VIEW_accounts_v1").await
-    })
+    testkit::eventually(
+        "the old generation's bucket is removed",
+        Duration::from_secs(10),
+        async || {
+            if bucket_exists(client, "VIEW_accounts_v1").await {
+                Err("VIEW_accounts_v1 exists")
+            } else {
+                Ok(())
+            }
+        },
+    )
     .await;
-    assert!(gone, "the old generation's bucket was not removed");
     let js = async_nats::jetstream::new(client.clone());
     let stream = js.get_stream(shared::STREAM_NAME).await.expect("stream");
     assert!(stream.consumer_info("view-accounts-v1-g1").await.is_ok());
@@ -139,13 +150,19 @@ async fn the_admin_endpoint_runs_a_rebuild_and_reports_progress() {
     assert_eq!(b["rebuild"]["state"], "idle");
     let (s, _) = p.post("/v1/admin/views/tenant-summary/rebuild").await;
     assert_eq!(s, StatusCode::ACCEPTED);
-    let done = eventually(Duration::from_secs(30), || async {
-        let (_, b) = p.get("/v1/admin/views/tenant-summary/rebuild").await;
-        b["rebuild"]["state"] == "done" && b["live_generation"] == 1
-    })
+    let b = testkit::eventually(
+        "the rebuild finishes",
+        Duration::from_secs(30),
+        async || {
+            let (_, b) = p.get("/v1/admin/views/tenant-summary/rebuild").await;
+            if b["rebuild"]["state"] == "done" && b["live_generation"] == 1 {
+                Ok(b)
+            } else {
+                Err(b)
+            }
+        },
+    )
     .await;
-    let (_, b) = p.get("/v1/admin/views/tenant-summary/rebuild").await;
-    assert!(done, "rebuild did not finish: {b}");
     assert_eq!(b["rebuild"]["done"], b["rebuild"]["total"]);
     let (s, b) = p.get("/v1/tenants/acme/views/tenant-summary/summary").await;
     assert_eq!(s, StatusCode::OK, "{b}");

@@ -23,19 +23,20 @@ fn gauge(text: &str, name: &str, view: &str) -> Option<f64> {
 
 /// Polls `GET /v1/admin/views` until `name` is in `state` (30 s); returns the last answer.
 async fn wait_for_state(p: &Instance, name: &str, state: &str) -> Value {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let (status, body) = p.get("/v1/admin/views").await;
-        assert_eq!(status, 200, "{body}");
-        if view(&body, name)["state"] == state {
-            return body;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{name} not {state} within 30 s: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    testkit::eventually(
+        format!("{name} {state}"),
+        Duration::from_secs(30),
+        async || {
+            let (status, body) = p.get("/v1/admin/views").await;
+            assert_eq!(status, 200, "{body}");
+            if view(&body, name)["state"] == state {
+                Ok(body)
+            } else {
+                Err(body)
+            }
+        },
+    )
+    .await
 }
 
 /// The log lines with every one of `needles`, waited for (the status is set just before the

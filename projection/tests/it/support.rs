@@ -1,7 +1,7 @@
 //! Test support: a real server, aggregate instances to write events, projection instances.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aggregate::runtime::{CommandRequest, Outcome};
 use axum::body::Body;
@@ -84,15 +84,15 @@ impl Instance {
     /// Waits until `view`'s checkpoint reaches `position`.
     pub(crate) async fn caught_up(&self, view: &str, position: u64, within: Duration) {
         let rt = self.view(view);
-        let ok = eventually(within, || async {
-            rt.checkpoint().await.is_ok_and(|p| p >= position)
-        })
+        testkit::eventually(
+            format!("view {view} at position {position}"),
+            within,
+            async || match rt.checkpoint().await {
+                Ok(at) if at >= position => Ok(()),
+                other => Err(other),
+            },
+        )
         .await;
-        let at = rt.checkpoint().await.unwrap_or(0);
-        assert!(
-            ok,
-            "view {view} at {at}, expected {position} within {within:?}"
-        );
     }
 }
 
@@ -300,22 +300,4 @@ pub(crate) async fn reconfigure_bucket(
     js.update_stream(config)
         .await
         .expect("update bucket stream");
-}
-
-/// Polls `check` until it holds or `within` passes.
-pub(crate) async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if check().await {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }

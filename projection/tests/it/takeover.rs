@@ -37,6 +37,23 @@ impl View for Slow {
     }
 }
 
+/// Waits until the view has no parked event left.
+async fn no_parked(p: &Instance) {
+    testkit::eventually(
+        "no parked event left",
+        Duration::from_secs(10),
+        async || {
+            let (_, body) = p.get("/v1/admin/views/accounts/parked").await;
+            if body["parked"] == json!([]) {
+                Ok(())
+            } else {
+                Err(body)
+            }
+        },
+    )
+    .await;
+}
+
 async fn consumer_redelivered(client: &async_nats::Client, durable: &str) -> usize {
     let js = async_nats::jetstream::new(client.clone());
     let stream = js.get_stream(shared::STREAM_NAME).await.expect("stream");
@@ -146,23 +163,22 @@ async fn after_a_storage_outage_everything_applies_in_order_without_a_redelivery
     reconfigure_bucket(&c, &bucket, |c| c.max_bytes = -1).await;
     p.caught_up("accounts", behind, Duration::from_secs(30))
         .await;
-    assert!(
-        eventually(Duration::from_secs(45), || async {
+    testkit::eventually(
+        "every event applied after the outage",
+        Duration::from_secs(45),
+        async || {
             let (_, o1) = p.get("/v1/tenants/acme/views/accounts/o1").await;
             let (_, o2) = p.get("/v1/tenants/acme/views/accounts/o2").await;
-            o1["document"]["balance"] == 5 && o2["document"]["balance"] == 3
-        })
-        .await,
-        "not every event was applied after the outage"
-    );
+            if o1["document"]["balance"] == 5 && o2["document"]["balance"] == 3 {
+                Ok(())
+            } else {
+                Err((o1, o2))
+            }
+        },
+    )
+    .await;
     assert!(more < behind);
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            let (_, body) = p.get("/v1/admin/views/accounts/parked").await;
-            body["parked"] == json!([])
-        })
-        .await
-    );
+    no_parked(&p).await;
     assert_eq!(consumer_redelivered(&c, "view-accounts-v1").await, 0);
     p.stop().await;
 }
@@ -231,22 +247,17 @@ async fn transiently_parked_events_are_released_in_order_in_the_background() {
     p.caught_up("accounts", second, Duration::from_secs(30))
         .await;
     // the retrier applies both, in order: a version gap would park the deposit for good
-    assert!(
-        eventually(Duration::from_secs(30), || async {
-            let (_, body) = p.get("/v1/tenants/acme/views/accounts/t1").await;
-            body["document"]["balance"] == 9
-        })
-        .await,
-        "t1 never released"
-    );
+    testkit::eventually("t1 released", Duration::from_secs(30), async || {
+        let (_, body) = p.get("/v1/tenants/acme/views/accounts/t1").await;
+        if body["document"]["balance"] == 9 {
+            Ok(())
+        } else {
+            Err(body)
+        }
+    })
+    .await;
     let (_, body) = p.get("/v1/tenants/acme/views/accounts/t1").await;
     assert_eq!(body["document"]["version"], 2, "{body}");
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            let (_, body) = p.get("/v1/admin/views/accounts/parked").await;
-            body["parked"] == json!([])
-        })
-        .await
-    );
+    no_parked(&p).await;
     p.stop().await;
 }

@@ -125,11 +125,15 @@ async fn a_rebuild_leaves_an_event_it_must_park_to_the_consumer_which_parks_it()
         .await
         .expect("rebuild");
     assert_eq!(generation, 1);
-    let moved = eventually(Duration::from_secs(10), || async {
-        p.view("accounts").generation == 1
-    })
+    testkit::eventually(
+        "the instance switches to generation 1",
+        Duration::from_secs(10),
+        async || match p.view("accounts").generation {
+            1 => Ok(()),
+            other => Err(other),
+        },
+    )
     .await;
-    assert!(moved, "the instance did not switch to generation 1");
     let (_, body) = p.get("/v1/tenants/acme/views/accounts/q2").await;
     assert_eq!(body["document"]["balance"], 7);
     let (_, body) = p.get("/v1/tenants/acme/views/accounts/q1").await;

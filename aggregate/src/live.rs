@@ -167,6 +167,12 @@ impl Feed {
             if !self.follow {
                 return Ok(());
             }
+            // notifications that came during the read: look again (their messages may be
+            // stored only now), then settle as after any wake-up
+            if platform::sse::drain(&mut wakeups) {
+                settle = &platform::sse::SETTLE_AFTER_WAKEUP;
+                continue;
+            }
             // a wake-up comes with the publish, possibly before the stream has stored it
             if self.next == before
                 && let Some((pause, rest)) = settle.split_first()
@@ -181,11 +187,7 @@ impl Feed {
                 .await?;
             match woke {
                 Ok(None) => return Err("subscription ended"),
-                Ok(Some(_)) => {
-                    // one read serves every notification queued meanwhile
-                    while let Some(Some(_)) = futures::FutureExt::now_or_never(wakeups.next()) {}
-                    settle = &platform::sse::SETTLE_AFTER_WAKEUP;
-                }
+                Ok(Some(_)) => settle = &platform::sse::SETTLE_AFTER_WAKEUP,
                 Err(_) => settle = &[],
             }
         }

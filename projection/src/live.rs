@@ -163,22 +163,25 @@ impl DocFeed {
             let Some(sub) = wakeups.as_mut() else {
                 return Err("no subscription");
             };
-            match out
-                .until(tokio::time::timeout(self.poll, sub.next()))
-                .await?
-            {
-                Ok(None) => return Err("subscription ended"),
-                Ok(Some(_)) => {
-                    while let Some(Some(_)) = futures::FutureExt::now_or_never(sub.next()) {}
-                    for pause in platform::sse::SETTLE_AFTER_WAKEUP {
-                        out.idle(pause).await?;
-                        if self.send_if_newer(&rt, &out).await? {
-                            break;
-                        }
+            // a notification that came during the read may be for a write committed only now
+            let woke = platform::sse::drain(sub)
+                || match out
+                    .until(tokio::time::timeout(self.poll, sub.next()))
+                    .await?
+                {
+                    Ok(None) => return Err("subscription ended"),
+                    Ok(Some(_)) => true,
+                    // the heartbeat's poll
+                    Err(_) => false,
+                };
+            if woke {
+                // a wake-up comes with the write, possibly before its batch is committed
+                for pause in platform::sse::SETTLE_AFTER_WAKEUP {
+                    if self.send_if_newer(&rt, &out).await? {
+                        break;
                     }
+                    out.idle(pause).await?;
                 }
-                // the heartbeat's poll
-                Err(_) => {}
             }
         }
     }
@@ -231,7 +234,10 @@ impl ListFeed {
         if snapshot {
             self.snapshot(&out).await?;
         }
+        // after a wake-up: the pauses left before looking again when a look found nothing
+        let mut settle: &[Duration] = &[];
         loop {
+            let before = self.next;
             loop {
                 let page = platform::nats::direct_batch(
                     &self.client,
@@ -255,16 +261,27 @@ impl ListFeed {
                     break;
                 }
             }
-            match out
+            // notifications that came during the read: look again at once
+            if platform::sse::drain(&mut wakeups) {
+                settle = &platform::sse::SETTLE_AFTER_WAKEUP;
+                continue;
+            }
+            // a wake-up comes with the publish, possibly before the stream has stored it
+            if self.next == before
+                && let Some((pause, rest)) = settle.split_first()
+            {
+                out.idle(*pause).await?;
+                settle = rest;
+                continue;
+            }
+            settle = match out
                 .until(tokio::time::timeout(self.poll, wakeups.next()))
                 .await?
             {
                 Ok(None) => return Err("subscription ended"),
-                Ok(Some(_)) => {
-                    while let Some(Some(_)) = futures::FutureExt::now_or_never(wakeups.next()) {}
-                }
-                Err(_) => {}
-            }
+                Ok(Some(_)) => &platform::sse::SETTLE_AFTER_WAKEUP,
+                Err(_) => &[],
+            };
         }
     }
 

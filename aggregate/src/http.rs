@@ -9,14 +9,14 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use platform::http::{ApiJson, ApiQuery, RequestContext, parse_id};
-use platform::problem::Problem;
-use serde::Deserialize;
-use serde_json::json;
-use shared::{AggregateAddress, CommandId, Metadata, Version};
+use platform::openapi::CommonProblems;
+use platform::problem::{Problem, ProblemDetails};
+use serde::{Deserialize, Serialize};
+use shared::{AggregateAddress, CommandId, Event, Metadata, Version};
 
 use crate::domain::DecideError;
 use crate::live::{FeedRequest, Live, start_position};
-use crate::runtime::{CommandError, CommandRequest, Runtime};
+use crate::runtime::{CommandError, CommandRequest, Outcome, Runtime};
 use crate::store::{AppendError, LoadError};
 
 /// The body of `POST .../commands`.
@@ -43,6 +43,35 @@ pub struct CommandBody {
     #[serde(default)]
     #[schema(value_type = Option<std::collections::HashMap<String, String>>)]
     pub metadata: Option<Metadata>,
+}
+
+/// The answer to `GET` on an aggregate.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AggregateState {
+    /// The aggregate's state, an open object whose fields its type defines (for an account:
+    /// status, owner, currency, balance).
+    #[schema(value_type = Object)]
+    pub state: serde_json::Value,
+    /// Number of events.
+    pub version: Version,
+    /// Stream sequence of the last event.
+    pub position: u64,
+}
+
+/// The answer to `GET .../events`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AggregateEvents {
+    /// The events, in version order.
+    pub events: Vec<PositionedEvent>,
+}
+
+/// One event and its place in the stream.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PositionedEvent {
+    /// The event's stream sequence.
+    pub position: u64,
+    /// The event as stored.
+    pub event: Event,
 }
 
 /// Query of `GET .../events`.
@@ -107,15 +136,13 @@ fn address(
     ),
     request_body(content = CommandBody, content_type = "application/json"),
     responses(
-        (status = 200, description = "Accepted; the appended events", body = crate::openapi::OutcomeDoc),
-        (status = 400, description = "Invalid id, body, command type or payload", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
-        (status = 403, description = "Tenant not granted", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
-        (status = 413, description = "Body too large", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
-        (status = 415, description = "Body not JSON", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
-        (status = 422, description = "Refused by a domain rule", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
-        (status = 409, description = "Version conflict or command id reused", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
-        (status = 503, description = "NATS unavailable; retry", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
+        (status = 200, description = "Accepted; the appended events", body = Outcome),
+        (status = 400, description = "Invalid id, body, command type or payload", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 415, description = "Body not JSON", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 422, description = "Refused by a domain rule", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 409, description = "Version conflict or command id reused", body = ProblemDetails, content_type = "application/problem+json"),
+        CommonProblems,
     )
 )]
 pub(crate) async fn command(
@@ -123,7 +150,7 @@ pub(crate) async fn command(
     Path(ids): Path<(String, String, String)>,
     ctx: RequestContext,
     ApiJson(body): ApiJson<CommandBody>,
-) -> Result<Response, Problem> {
+) -> Result<axum::Json<Outcome>, Problem> {
     let address = address(&runtime, &ids)?;
     let mut metadata = body.metadata.unwrap_or_default();
     metadata.insert(
@@ -154,7 +181,7 @@ pub(crate) async fn command(
         events = outcome.events.len(),
         "command accepted"
     );
-    Ok(axum::Json(outcome).into_response())
+    Ok(axum::Json(outcome))
 }
 
 /// The aggregate's current state.
@@ -167,18 +194,16 @@ pub(crate) async fn command(
         ("id" = String, Path, description = "Aggregate id"),
     ),
     responses(
-        (status = 200, description = "State, version and stream position", body = crate::openapi::StateDoc),
-        (status = 400, description = "Invalid id", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
-        (status = 403, description = "Tenant not granted", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
-        (status = 404, description = "No events", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
-        (status = 503, description = "NATS unavailable; retry", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
+        (status = 200, description = "State, version and stream position", body = AggregateState),
+        (status = 400, description = "Invalid id", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 404, description = "No events", body = ProblemDetails, content_type = "application/problem+json"),
+        CommonProblems,
     )
 )]
 pub(crate) async fn state(
     State(runtime): State<Arc<Runtime>>,
     Path(ids): Path<(String, String, String)>,
-) -> Result<Response, Problem> {
+) -> Result<axum::Json<AggregateState>, Problem> {
     let address = address(&runtime, &ids)?;
     let loaded = runtime.load(&address).await.map_err(problem)?;
     if loaded.version == Version::ZERO {
@@ -186,12 +211,11 @@ pub(crate) async fn state(
             "aggregate {address} has no events"
         )));
     }
-    Ok(axum::Json(json!({
-        "state": runtime.state_json(&address, &loaded),
-        "version": loaded.version,
-        "position": loaded.last_seq,
+    Ok(axum::Json(AggregateState {
+        state: runtime.state_json(&address, &loaded),
+        version: loaded.version,
+        position: loaded.last_seq,
     }))
-    .into_response())
 }
 
 /// The aggregate's events, in order.
@@ -206,13 +230,11 @@ pub(crate) async fn state(
     ),
     responses(
         (status = 200, description = "Events with their stream positions; with `follow=true` a live feed of Server-Sent Events, each `id:` = the stream position and `data:` = `{\"position\": n, \"event\": Event}`, heartbeat comments, an `event: corrupt` for a stored message that is not an event", content(
-            (crate::openapi::EventsDoc = "application/json"),
+            (AggregateEvents = "application/json"),
             (String = "text/event-stream"),
         )),
-        (status = 400, description = "Invalid id or query", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
-        (status = 403, description = "Tenant not granted", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
-        (status = 503, description = "NATS unavailable, or this instance's live feeds are all taken; retry", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
+        (status = 400, description = "Invalid id or query", body = ProblemDetails, content_type = "application/problem+json"),
+        CommonProblems,
     )
 )]
 pub(crate) async fn events(
@@ -251,12 +273,15 @@ pub(crate) async fn events(
     let take = q
         .limit
         .map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX));
-    let events: Vec<_> = stored
+    let events = stored
         .into_iter()
         .take(take)
-        .map(|s| json!({"position": s.seq, "event": s.event}))
+        .map(|s| PositionedEvent {
+            position: s.seq,
+            event: s.event,
+        })
         .collect();
-    Ok(axum::Json(json!({ "events": events })).into_response())
+    Ok(axum::Json(AggregateEvents { events }).into_response())
 }
 
 /// Maps a runtime error to problem+json.

@@ -273,9 +273,7 @@ pub struct TenantEventsQuery {
     responses(
         (status = 200, description = "Server-Sent Events: `id:` = stream position, `data:` = `{\"position\": n, \"event\": Event}`; `event: notice` first when the start is older than the stream's first position; heartbeat comments; `event: corrupt` for a stored message that is not an event", content_type = "text/event-stream", body = String),
         (status = 400, description = "Invalid tenant, type, position or Last-Event-ID; a position beyond the stream's end", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
-        (status = 403, description = "Tenant not granted", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
-        (status = 503, description = "NATS unavailable, or this instance's live feeds are all taken; retry", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
+        platform::openapi::CommonProblems,
     )
 )]
 pub(crate) async fn tenant_events(

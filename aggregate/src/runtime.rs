@@ -55,13 +55,13 @@ pub struct CommandRequest {
 }
 
 /// What a command did.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Outcome {
     /// The events appended (empty if the command changed nothing).
     pub events: Vec<Event>,
     /// The aggregate's version afterwards.
     pub version: Version,
-    /// The stream sequence of the last event (for read-your-writes queries).
+    /// The stream sequence of the last event: pass it as `min_position` to read your writes.
     pub position: u64,
 }
 

@@ -116,9 +116,7 @@ fn connection_state(client: &async_nats::Client) -> &'static str {
     path = "/v1/admin/health",
     responses(
         (status = 200, description = "The instance's NATS connection and the events stream's state", body = AdminHealth),
-        (status = 401, description = "Missing or invalid token", body = crate::problem::ProblemDetails, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin token", body = crate::problem::ProblemDetails, content_type = "application/problem+json"),
-        (status = 503, description = "NATS or the stream unavailable (`unavailable`, with `nats_state`)", body = crate::problem::ProblemDetails, content_type = "application/problem+json"),
+        crate::openapi::CommonProblems,
     )
 )]
 pub async fn admin_health(State(s): State<HealthState>) -> Result<Response, Problem> {

@@ -1,9 +1,75 @@
-//! OpenAPI conventions: the bearer security scheme, the problem schema, and `/openapi.json`.
+//! OpenAPI conventions: the bearer security scheme, the problem responses every route shares,
+//! closed response objects, and `/openapi.json`.
 
 use axum::Router;
 use axum::routing::get;
 use utoipa::Modify;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{AdditionalProperties, ArrayItems, Schema};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+
+use crate::problem::ProblemDetails;
+
+/// The problem responses every API route can give, whatever it does: no or a bad token, a token
+/// that does not grant the route, and a dependency unavailable for now. List it in a path's
+/// `responses(..)` after the route's own; a route that says more about one of these statuses
+/// lists its own after it (the later entry wins).
+#[derive(utoipa::IntoResponses)]
+pub enum CommonProblems {
+    /// Missing or invalid token (`unauthorized`; the detail names the failed check).
+    #[response(status = 401, content_type = "application/problem+json")]
+    Unauthorized(ProblemDetails),
+    /// The token does not grant the path's tenant, or the route is an admin route and the token
+    /// does not grant admin (`forbidden`).
+    #[response(status = 403, content_type = "application/problem+json")]
+    Forbidden(ProblemDetails),
+    /// Unavailable for now: NATS or the storage behind the route, the identity provider's keys,
+    /// or this instance's live feeds all taken; retry (after `Retry-After` when given). The
+    /// problem's `type` names the cause.
+    #[response(status = 503, content_type = "application/problem+json")]
+    Unavailable(ProblemDetails),
+}
+
+/// Closes every object schema of the document that lists its properties and says nothing of
+/// others (`additionalProperties: false`): a response body has exactly the fields its type
+/// declares, so a client (and the conformance tests) can rely on it. An object that is open by
+/// nature says so and stays open: an `Object` without properties (a view's document, an
+/// aggregate's state), a map (`additionalProperties` given), or a composition (a problem is an
+/// `allOf` of its members and its open extension members).
+pub struct ClosedObjects;
+
+impl Modify for ClosedObjects {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        if let Some(components) = openapi.components.as_mut() {
+            for schema in components.schemas.values_mut() {
+                close(schema);
+            }
+        }
+    }
+}
+
+fn close(schema: &mut RefOr<Schema>) {
+    let RefOr::T(schema) = schema else { return };
+    match schema {
+        Schema::Object(object) => {
+            if !object.properties.is_empty() && object.additional_properties.is_none() {
+                object.additional_properties =
+                    Some(Box::new(AdditionalProperties::FreeForm(false)));
+            }
+            object.properties.values_mut().for_each(close);
+        }
+        Schema::Array(array) => {
+            if let ArrayItems::RefOrSchema(items) = &mut array.items {
+                close(items);
+            }
+        }
+        Schema::OneOf(one_of) => one_of.items.iter_mut().for_each(close),
+        Schema::AnyOf(any_of) => any_of.items.iter_mut().for_each(close),
+        // not the parts of an `allOf`: closed each on its own, they would refuse each other's
+        // fields
+        _ => {}
+    }
+}
 
 /// Adds the `bearer` (JWT) security scheme and requires it on every operation.
 pub struct BearerAuth;

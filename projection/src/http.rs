@@ -10,16 +10,16 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use platform::http::{ApiQuery, parse_id};
-use platform::problem::Problem;
-use serde::Deserialize;
-use serde_json::json;
+use platform::openapi::CommonProblems;
+use platform::problem::{Problem, ProblemDetails};
+use serde::{Deserialize, Serialize};
 use shared::TenantId;
 use tokio::time::Instant;
 
-use crate::engine::{RebuildProgress, ViewRuntime, ViewStatus};
+use crate::engine::{RebuildProgress, RetryReport, ViewRuntime, ViewStatus};
 use crate::live::Live;
-use crate::rebuild::{Generations, RebuildStatus, ViewSlot};
-use crate::store::{self, StoreError};
+use crate::rebuild::{Generations, RebuildState, RebuildStatus, ViewSlot};
+use crate::store::{self, Page, ParkedRecord, StoreError, ViewDocument};
 
 /// The views served, by name.
 pub type ViewMap = BTreeMap<String, Arc<ViewSlot>>;
@@ -139,14 +139,13 @@ pub(crate) struct ReadQuery {
     ),
     responses(
         (status = 200, description = "The document, its key and the stream position it reflects; with `follow=true` a live feed of Server-Sent Events: `data:` = the same body per version, `id:` = its position, `event: deleted` with `{key, position}` for a deletion, heartbeat comments", content(
-            (crate::openapi::DocumentDoc = "application/json"),
+            (ViewDocument = "application/json"),
             (String = "text/event-stream"),
         )),
-        (status = 400, description = "Invalid id or query", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
-        (status = 403, description = "Tenant not granted, or not an admin token", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
-        (status = 404, description = "Unknown view or no such document", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
-        (status = 503, description = "Position not reached in time (`position-not-reached`), the document held back by a parked event (`document-held`), NATS unavailable, or this instance's live feeds are all taken", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
+        (status = 400, description = "Invalid id or query", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown view or no such document", body = ProblemDetails, content_type = "application/problem+json"),
+        CommonProblems,
+        (status = 503, description = "Position not reached in time (`position-not-reached`), the document held back by a parked event (`document-held`), NATS unavailable, or this instance's live feeds are all taken", body = ProblemDetails, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn get_doc(
@@ -189,7 +188,7 @@ pub(crate) async fn get_doc(
         .map_err(|e| unavailable(&e))?
         .filter(|d| !d.is_deleted())
         .ok_or_else(|| Problem::not_found(format!("view {view} has no document {key:?}")))?;
-    Ok(axum::Json(store::doc_json(&key, &doc)).into_response())
+    Ok(axum::Json(ViewDocument::new(&key, &doc)).into_response())
 }
 
 /// Query of document lists.
@@ -220,14 +219,13 @@ pub(crate) struct ListQuery {
     ),
     responses(
         (status = 200, description = "A page of documents and the key to continue after; with `follow=true` a live feed of Server-Sent Events: one `data:` per document (`{key, document, position}`), `event: sync` (`id:` = the position the documents reflect), then each version an event produces (`id:` = its position on the event's last document), `event: deleted` for a deletion", content(
-            (crate::openapi::PageDoc = "application/json"),
+            (Page = "application/json"),
             (String = "text/event-stream"),
         )),
-        (status = 400, description = "Invalid id or query", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
-        (status = 403, description = "Tenant not granted, or not an admin token", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
-        (status = 404, description = "Unknown view", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
-        (status = 503, description = "Position not reached in time, NATS unavailable, or this instance's live feeds are all taken", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
+        (status = 400, description = "Invalid id or query", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown view", body = ProblemDetails, content_type = "application/problem+json"),
+        CommonProblems,
+        (status = 503, description = "Position not reached in time, NATS unavailable, or this instance's live feeds are all taken", body = ProblemDetails, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn list(
@@ -261,11 +259,11 @@ pub(crate) async fn list(
     let page = store::list_docs(&rt.docs, &tenant, after.as_deref(), limit)
         .await
         .map_err(|e| unavailable(&e))?;
-    Ok(axum::Json(json!({"items": page.items, "next": page.next})).into_response())
+    Ok(axum::Json(page).into_response())
 }
 
 /// Every view's status (admin).
-#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ViewsStatus {
     /// One entry per view, by name.
     pub views: Vec<ViewStatus>,
@@ -279,16 +277,16 @@ pub struct ViewsStatus {
     path = "/v1/admin/views",
     responses(
         (status = 200, description = "Every view's status", body = ViewsStatus),
-        (status = 401, description = "Missing or invalid token", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin token", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
-        (status = 503, description = "NATS unavailable", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
+        CommonProblems,
     )
 )]
-pub(crate) async fn list_views(State(s): State<ApiState>) -> Result<Response, Problem> {
+pub(crate) async fn list_views(
+    State(s): State<ApiState>,
+) -> Result<axum::Json<ViewsStatus>, Problem> {
     let mut views = Vec::with_capacity(s.views.len());
     for slot in s.views.values() {
         let rebuild = slot.rebuild.lock().ok().and_then(|r| {
-            (r.state == "running").then_some(RebuildProgress {
+            (r.state == RebuildState::Running).then_some(RebuildProgress {
                 done: r.done,
                 total: r.total,
             })
@@ -300,7 +298,14 @@ pub(crate) async fn list_views(State(s): State<ApiState>) -> Result<Response, Pr
             .map_err(|e| unavailable(&e))?;
         views.push(status);
     }
-    Ok(axum::Json(ViewsStatus { views }).into_response())
+    Ok(axum::Json(ViewsStatus { views }))
+}
+
+/// A view's parked events (admin).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ParkedEvents {
+    /// The parked records, in stream order.
+    pub parked: Vec<ParkedRecord>,
 }
 
 /// Parked events of a view (admin).
@@ -309,20 +314,18 @@ pub(crate) async fn list_views(State(s): State<ApiState>) -> Result<Response, Pr
     path = "/v1/admin/views/{view}/parked",
     params(("view" = String, Path, description = "View name")),
     responses(
-        (status = 200, description = "Parked events", body = crate::openapi::ParkedDoc),
-        (status = 401, description = "Missing or invalid token", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
-        (status = 403, description = "Tenant not granted, or not an admin token", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
-        (status = 404, description = "Unknown view", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
-        (status = 503, description = "NATS unavailable", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
+        (status = 200, description = "Parked events", body = ParkedEvents),
+        (status = 404, description = "Unknown view", body = ProblemDetails, content_type = "application/problem+json"),
+        CommonProblems,
     )
 )]
 pub(crate) async fn list_parked(
     State(s): State<ApiState>,
     Path(view): Path<String>,
-) -> Result<Response, Problem> {
+) -> Result<axum::Json<ParkedEvents>, Problem> {
     let rt = s.view(&view)?;
-    let records = rt.parked_records().await.map_err(|e| unavailable(&e))?;
-    Ok(axum::Json(json!({"parked": records})).into_response())
+    let parked = rt.parked_records().await.map_err(|e| unavailable(&e))?;
+    Ok(axum::Json(ParkedEvents { parked }))
 }
 
 /// Query of a retry.
@@ -339,13 +342,11 @@ pub(crate) struct RetryQuery {
     path = "/v1/admin/views/{view}/parked/retry",
     params(("view" = String, Path, description = "View name"), RetryQuery),
     responses(
-        (status = 200, description = "What was applied and cleared", body = Object),
-        (status = 400, description = "Invalid aggregate", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
-        (status = 403, description = "Tenant not granted, or not an admin token", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
-        (status = 404, description = "Unknown view", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
-        (status = 409, description = "Some parked events failed again", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
-        (status = 503, description = "NATS unavailable", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
+        (status = 200, description = "What was applied and cleared", body = RetryReport),
+        (status = 400, description = "Invalid aggregate", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown view", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 409, description = "Some parked events failed again", body = ProblemDetails, content_type = "application/problem+json"),
+        CommonProblems,
     )
 )]
 pub(crate) async fn retry(
@@ -395,11 +396,9 @@ pub(crate) async fn retry(
     params(("view" = String, Path, description = "View name"), ("seq" = u64, Path, description = "Stream sequence of the parked event")),
     responses(
         (status = 204, description = "Dropped"),
-        (status = 400, description = "Invalid sequence", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
-        (status = 403, description = "Tenant not granted, or not an admin token", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
-        (status = 404, description = "Unknown view or no parked event there", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
-        (status = 503, description = "NATS unavailable", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
+        (status = 400, description = "Invalid sequence", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown view or no parked event there", body = ProblemDetails, content_type = "application/problem+json"),
+        CommonProblems,
     )
 )]
 pub(crate) async fn skip(
@@ -419,6 +418,13 @@ pub(crate) async fn skip(
     }
 }
 
+/// The answer to starting a rebuild.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RebuildStarted {
+    /// `running`.
+    pub state: RebuildState,
+}
+
 /// Starts a rebuild of a view (admin): replays the stream into a fresh generation and switches
 /// queries to it once caught up. Progress at `GET` on the same path.
 #[utoipa::path(
@@ -426,11 +432,10 @@ pub(crate) async fn skip(
     path = "/v1/admin/views/{view}/rebuild",
     params(("view" = String, Path, description = "View name")),
     responses(
-        (status = 202, description = "Started", body = Object),
-        (status = 401, description = "Missing or invalid token", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin token", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
-        (status = 404, description = "Unknown view", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
-        (status = 409, description = "A rebuild of this view is already running here", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
+        (status = 202, description = "Started", body = RebuildStarted),
+        (status = 404, description = "Unknown view", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 409, description = "A rebuild of this view is already running here", body = ProblemDetails, content_type = "application/problem+json"),
+        CommonProblems,
     )
 )]
 pub(crate) async fn start_rebuild(
@@ -440,7 +445,7 @@ pub(crate) async fn start_rebuild(
     let slot = s.slot(&view)?.clone();
     {
         let mut status = slot.rebuild.lock().map_err(|_| Problem::internal())?;
-        if status.state == "running" {
+        if status.state == RebuildState::Running {
             return Err(Problem::new(
                 StatusCode::CONFLICT,
                 "rebuild-running",
@@ -449,7 +454,7 @@ pub(crate) async fn start_rebuild(
             .detail(format!("view {view} is being rebuilt by this instance")));
         }
         *status = RebuildStatus {
-            state: "running",
+            state: RebuildState::Running,
             ..RebuildStatus::default()
         };
     }
@@ -470,12 +475,12 @@ pub(crate) async fn start_rebuild(
         if let Ok(mut st) = tracker.rebuild.lock() {
             match result {
                 Ok(g) => {
-                    st.state = "done";
+                    st.state = RebuildState::Done;
                     st.generation = Some(g);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "rebuild failed");
-                    st.state = "failed";
+                    st.state = RebuildState::Failed;
                     st.error = Some(e.to_string());
                 }
             }
@@ -483,9 +488,20 @@ pub(crate) async fn start_rebuild(
     });
     Ok((
         StatusCode::ACCEPTED,
-        axum::Json(json!({"state": "running"})),
+        axum::Json(RebuildStarted {
+            state: RebuildState::Running,
+        }),
     )
         .into_response())
+}
+
+/// The answer to `GET .../rebuild`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RebuildReport {
+    /// The last rebuild started on this instance (`idle` when none was).
+    pub rebuild: RebuildStatus,
+    /// The generation queries are served from.
+    pub live_generation: u32,
 }
 
 /// Progress of the last rebuild started on this instance (admin).
@@ -494,28 +510,23 @@ pub(crate) async fn start_rebuild(
     path = "/v1/admin/views/{view}/rebuild",
     params(("view" = String, Path, description = "View name")),
     responses(
-        (status = 200, description = "State (idle, running, done, failed), progress and the live generation", body = Object),
-        (status = 401, description = "Missing or invalid token", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin token", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
-        (status = 404, description = "Unknown view", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
+        (status = 200, description = "State (idle, running, done, failed), progress and the live generation", body = RebuildReport),
+        (status = 404, description = "Unknown view", body = ProblemDetails, content_type = "application/problem+json"),
+        CommonProblems,
     )
 )]
 pub(crate) async fn rebuild_status(
     State(s): State<ApiState>,
     Path(view): Path<String>,
-) -> Result<Response, Problem> {
+) -> Result<axum::Json<RebuildReport>, Problem> {
     let slot = s.slot(&view)?;
-    let mut status = slot
+    let rebuild = slot
         .rebuild
         .lock()
         .map_err(|_| Problem::internal())?
         .clone();
-    if status.state.is_empty() {
-        status.state = "idle";
-    }
-    Ok(axum::Json(json!({
-        "rebuild": status,
-        "live_generation": slot.current().generation,
+    Ok(axum::Json(RebuildReport {
+        rebuild,
+        live_generation: slot.current().generation,
     }))
-    .into_response())
 }

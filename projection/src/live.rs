@@ -55,7 +55,7 @@ fn doc_event(key: &str, doc: &StoredDoc, with_id: bool) -> SseEvent {
             .event("deleted")
             .data(json!({"key": key, "position": doc.position()}).to_string())
     } else {
-        SseEvent::default().data(store::doc_json(key, doc).to_string())
+        SseEvent::default().data(store::ViewDocument::new(key, doc).to_json())
     };
     if with_id {
         event.id(doc.position().to_string())
@@ -297,7 +297,7 @@ impl ListFeed {
                 .await
                 .map_err(|e| storage_gone(&e))?;
             for item in &page.items {
-                out.send(SseEvent::default().data(item.to_string())).await?;
+                out.send(SseEvent::default().data(item.to_json())).await?;
             }
             match page.next {
                 Some(next) => after = Some(next),

@@ -57,10 +57,10 @@ impl ViewSlot {
 }
 
 /// State of a rebuild, as the admin endpoint shows it.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct RebuildStatus {
     /// `idle`, `running`, `done` or `failed`.
-    pub state: &'static str,
+    pub state: RebuildState,
     /// The generation being built (or built).
     pub generation: Option<u32>,
     /// Stream position the new generation has reached.
@@ -73,6 +73,21 @@ pub struct RebuildStatus {
     pub eta_secs: Option<f64>,
     /// Why it failed.
     pub error: Option<String>,
+}
+
+/// Where the last rebuild started on this instance is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RebuildState {
+    /// None started on this instance.
+    #[default]
+    Idle,
+    /// Replaying the stream into a new generation.
+    Running,
+    /// Switched to the new generation.
+    Done,
+    /// Stopped with an error (see `error`).
+    Failed,
 }
 
 /// Progress of a rebuild.

@@ -301,12 +301,48 @@ pub(crate) async fn keys_under(kv: &kv::Store, prefix: &str) -> Result<Vec<Strin
 }
 
 /// One page of a tenant's documents.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = ViewPage)]
 pub struct Page {
-    /// `{"key", "document", "position"}` per document, ordered by key.
-    pub items: Vec<Value>,
-    /// The `after` of the next page, when there may be more.
+    /// Documents, in key order.
+    pub items: Vec<ViewDocument>,
+    /// Pass as `after` for the next page; null on the last page.
     pub next: Option<String>,
+}
+
+/// One document of a view, as the API shows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ViewDocument {
+    /// The document key.
+    pub key: String,
+    /// The document itself. Its fields are the view's own (for accounts: owner, currency,
+    /// balance, status, version, last_event_at), so it is an open object here; the engine's
+    /// `_`-fields are left out.
+    #[schema(value_type = Object)]
+    pub document: Value,
+    /// The stream position of the last event applied to it.
+    pub position: u64,
+}
+
+impl ViewDocument {
+    /// The API shape of a stored document: its `_`-fields removed.
+    pub fn new(key: &str, doc: &StoredDoc) -> Self {
+        let mut document = doc.doc.clone();
+        if let Value::Object(m) = &mut document {
+            m.retain(|k, _| !k.starts_with('_'));
+        }
+        ViewDocument {
+            key: key.to_owned(),
+            document,
+            position: doc.position(),
+        }
+    }
+
+    /// The document as one line of JSON (a live feed's `data:`).
+    pub fn to_json(&self) -> String {
+        // string keys and JSON values only: serializing cannot fail
+        serde_json::to_string(self).unwrap_or_default()
+    }
 }
 
 /// Lists `tenant`'s documents after `after` (a key within the tenant), at most `limit`. Only
@@ -340,22 +376,13 @@ pub(crate) async fn list_docs(
             more = true;
             break;
         }
-        items.push(doc_json(&local, &doc));
+        items.push(ViewDocument::new(&local, &doc));
         last = Some(local);
     }
     Ok(Page {
         items,
         next: if more { last } else { None },
     })
-}
-
-/// The API shape of one document: `_`-fields are removed from `document`.
-pub fn doc_json(key: &str, doc: &StoredDoc) -> Value {
-    let mut document = doc.doc.clone();
-    if let Value::Object(m) = &mut document {
-        m.retain(|k, _| !k.starts_with('_'));
-    }
-    serde_json::json!({"key": key, "document": document, "position": doc.position()})
 }
 
 /// How much of a parked body is kept in its record: a record must stay well below the server's
@@ -374,7 +401,7 @@ pub fn parked_body(payload: &[u8]) -> (String, usize, bool) {
 }
 
 /// A parked message, as stored under `msg.<seq>`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ParkedRecord {
     /// The original subject.
     pub subject: String,

@@ -20,6 +20,7 @@ pub type Metadata = BTreeMap<String, String>;
 
 /// The id of one event: a UUID v7, so ids sort by creation time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(transparent)]
 pub struct EventId(Uuid);
 
@@ -55,6 +56,7 @@ impl fmt::Display for EventId {
 
 /// The id of one command, chosen by the client (any UUID) for idempotent retries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(transparent)]
 pub struct CommandId(Uuid);
 
@@ -94,6 +96,7 @@ impl fmt::Display for CommandId {
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
 )]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(transparent)]
 pub struct Version(pub u64);
 
@@ -125,6 +128,7 @@ impl fmt::Display for Version {
 ///
 /// Field names are part of the wire contract (see ARCHITECTURE.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Event {
     /// Unique, time-ordered id; also the JetStream `Nats-Msg-Id`.
     pub event_id: EventId,
@@ -144,9 +148,11 @@ pub struct Event {
     pub payload: serde_json::Value,
     /// When the event was decided, RFC 3339, UTC.
     #[serde(with = "time::serde::rfc3339")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub occurred_at: OffsetDateTime,
     /// Optional string metadata (trace context, correlation ids).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<BTreeMap<String, String>>))]
     pub metadata: Option<Metadata>,
 }
 

@@ -136,7 +136,30 @@ macro_rules! token_id {
                 f.write_str(&self.0)
             }
         }
+
+        #[cfg(feature = "openapi")]
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                id_schema($kind)
+            }
+        }
+
+        #[cfg(feature = "openapi")]
+        impl utoipa::ToSchema for $name {}
     };
+}
+
+/// The OpenAPI schema of every id: the rule [`validate`] enforces, as a pattern.
+#[cfg(feature = "openapi")]
+fn id_schema(kind: &str) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .description(Some(format!(
+            "{kind}, one NATS subject token: 1 to {MAX_ID_LEN} bytes of [A-Za-z0-9_-]"
+        )))
+        .pattern(Some(format!("^[A-Za-z0-9_-]{{1,{MAX_ID_LEN}}}$")))
+        .into()
 }
 
 token_id!(

@@ -7,6 +7,7 @@
 
 pub mod browser;
 pub mod logs;
+pub mod openapi;
 pub mod operator;
 pub mod sse;
 

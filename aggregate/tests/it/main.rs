@@ -3,6 +3,7 @@
 mod cluster;
 mod http;
 mod live;
+mod openapi;
 mod runtime;
 mod snapshot;
 mod startup;

@@ -4,6 +4,7 @@ mod bulk;
 mod consume;
 mod http;
 mod live;
+mod openapi;
 mod parking;
 mod rebuild;
 mod scale;

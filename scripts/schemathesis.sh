@@ -6,10 +6,16 @@
 # Installs schemathesis with pip when missing. Starts scripts/stack.sh in a temporary directory
 # on free ports, with the debug binaries (built if missing). Runs `schemathesis run` on
 # /aggregate/openapi.json and /projection/openapi.json with a Bearer token for tenant acme (admin
-# too, so the admin routes are exercised), and two checks on every response:
-#   not_a_server_error   no 5xx
-#   problem_json         every 4xx has Content-Type: application/problem+json and a
-#                        urn:nats-es:problem: type (a custom check, hooks file written below)
+# too, so the admin routes are exercised), and these checks on every response:
+#   not_a_server_error           no 5xx
+#   status_code_conformance      the status is one the operation documents
+#   content_type_conformance     the Content-Type is one documented for that status (a live
+#                                feed's text/event-stream is documented beside the JSON body)
+#   response_headers_conformance the headers the operation documents are there
+#   response_schema_conformance  the body validates against the documented schema (closed
+#                                objects: a field the document does not declare fails)
+#   problem_json                 every 4xx has Content-Type: application/problem+json and a
+#                                urn:nats-es:problem: type (a custom check, hooks file below)
 # Exits non-zero when either run finds a failure. Reports (JUnit) land in $OUT_DIR.
 #
 # Environment: MAX_EXAMPLES [40 per operation]  SCHEMATHESIS_SEED [fixed: 1]
@@ -104,7 +110,7 @@ for svc in aggregate projection; do
   (cd "$WORK" && PYTHONPATH=$WORK SCHEMATHESIS_HOOKS=problem_hooks schemathesis run "$GW/$svc/openapi.json" \
     --url "$GW" \
     -H "Authorization: Bearer $TOKEN" \
-    --checks not_a_server_error,problem_json \
+    --checks not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance,problem_json \
     --max-examples "$MAX_EXAMPLES" \
     --seed "$SEED" \
     --generation-database none \

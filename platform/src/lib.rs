@@ -7,6 +7,8 @@
 //! - [`metrics`]: the Prometheus registry.
 //! - [`telemetry`]: tracing subscriber setup for binaries.
 //! - [`nats`]: NATS connection options and ownership of the events stream.
+//! - [`differences`]: a needed configuration against the server's, in words (stream and
+//!   consumer checks).
 //! - [`auth`]: bearer JWT authentication and tenant isolation.
 //! - [`health`]: `GET /v1/admin/health`, an instance's NATS connection and the stream's state.
 //! - [`openapi`]: the bearer scheme, the problem schema and `/openapi.json`.
@@ -14,6 +16,7 @@
 //! - [`service`]: the flags every service has, and the serve-and-drain loop.
 
 pub mod auth;
+pub mod differences;
 pub mod health;
 pub mod http;
 pub mod metrics;

@@ -6,6 +6,8 @@ use std::time::Duration;
 use async_nats::jetstream::{self, stream};
 use shared::{Retention, Storage, StreamSpec};
 
+use crate::differences::Differences;
+
 /// How to reach NATS. Every field comes from a flag or its environment variable.
 #[derive(Debug, Clone, clap::Args)]
 pub struct NatsArgs {
@@ -251,51 +253,36 @@ pub fn stream_config(spec: &StreamSpec) -> stream::Config {
 /// limits and the description are operator choices and are not compared.
 pub fn incompatibilities(spec: &StreamSpec, found: &stream::Config) -> Vec<String> {
     let want = stream_config(spec);
-    let mut diffs = Vec::new();
-    let mut check = |what: &str, ok: bool, expected: String, actual: String| {
-        if !ok {
-            diffs.push(format!("{what}: expected {expected}, found {actual}"));
-        }
-    };
+    let mut diffs = Differences::new();
     let mut found_subjects = found.subjects.clone();
     found_subjects.sort();
-    check(
+    diffs.check(
         "subjects",
         found_subjects == want.subjects,
         format!("{:?}", want.subjects),
         format!("{:?}", found.subjects),
     );
-    check(
-        "retention",
-        found.retention == want.retention,
-        format!("{:?}", want.retention),
-        format!("{:?}", found.retention),
-    );
-    check(
-        "allow_direct",
-        found.allow_direct,
-        "true".into(),
-        found.allow_direct.to_string(),
-    );
-    check(
+    diffs.compare("retention", &want.retention, &found.retention);
+    diffs.check("allow_direct", found.allow_direct, true, found.allow_direct);
+    diffs.check(
         "max_msgs_per_subject",
         found.max_messages_per_subject <= 0,
-        "unlimited".into(),
-        found.max_messages_per_subject.to_string(),
+        "unlimited",
+        found.max_messages_per_subject,
     );
-    check(
+    diffs.check(
         "max_age",
         found.max_age.is_zero(),
-        "unlimited".into(),
+        "unlimited",
         format!("{:?}", found.max_age),
     );
-    check(
+    diffs.check(
         "discard",
         found.discard == stream::DiscardPolicy::New,
-        "New (never drop old events)".into(),
+        "New (never drop old events)",
         format!("{:?}", found.discard),
     );
-    diffs
+    diffs.into_vec()
 }
 
 /// Makes sure the events stream exists and is compatible: creates it from the shared
@@ -424,5 +411,46 @@ pub async fn direct_batch(
             subject,
             payload: msg.payload,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_incompatible_stream_is_refused_with_every_difference_named() {
+        let found = stream::Config {
+            name: shared::STREAM_NAME.to_owned(),
+            subjects: vec!["other.>".to_owned()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            allow_direct: false,
+            max_messages_per_subject: 5,
+            max_age: Duration::from_secs(60),
+            discard: stream::DiscardPolicy::Old,
+            ..Default::default()
+        };
+        assert_eq!(
+            incompatibilities(&StreamSpec::events(1), &found),
+            [
+                "subjects: expected [\"tenant.*.aggregate.*.*\"], found [\"other.>\"]",
+                "retention: expected Limits, found WorkQueue",
+                "allow_direct: expected true, found false",
+                "max_msgs_per_subject: expected unlimited, found 5",
+                "max_age: expected unlimited, found 60s",
+                "discard: expected New (never drop old events), found Old",
+            ]
+        );
+    }
+
+    #[test]
+    fn operator_choices_are_not_differences() {
+        let spec = StreamSpec::events(1);
+        let mut found = stream_config(&spec);
+        found.num_replicas = 3;
+        found.max_bytes = 1 << 30;
+        found.description = None;
+        found.subjects = vec![shared::STREAM_FILTER.to_owned()];
+        assert!(incompatibilities(&spec, &found).is_empty());
     }
 }

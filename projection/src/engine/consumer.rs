@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PriorityPolicy, pull};
+use platform::differences::Differences;
 
 use crate::store::StoreError;
 use crate::view::View;
@@ -118,21 +119,16 @@ pub fn consumer_differences(
     want: &pull::Config,
     found: &jetstream::consumer::Config,
 ) -> Vec<String> {
-    let mut diffs = Vec::new();
-    let mut check = |what: &str, same: bool, w: String, f: String| {
-        if !same {
-            diffs.push(format!("{what}: expected {w}, found {f}"));
-        }
-    };
+    let mut diffs = Differences::new();
     let found_filter = if found.filter_subject.is_empty() && found.filter_subjects.len() == 1 {
-        found.filter_subjects[0].clone()
+        &found.filter_subjects[0]
     } else {
-        found.filter_subject.clone()
+        &found.filter_subject
     };
-    check(
+    diffs.check(
         "filter_subject",
-        found_filter == want.filter_subject,
-        want.filter_subject.clone(),
+        *found_filter == want.filter_subject,
+        &want.filter_subject,
         found_filter,
     );
     // a consumer a rebuild created after its bulk load starts after that load's checkpoint:
@@ -140,61 +136,37 @@ pub fn consumer_differences(
     let same_start = found.deliver_policy == want.deliver_policy
         || (want.deliver_policy == DeliverPolicy::All
             && matches!(found.deliver_policy, DeliverPolicy::ByStartSequence { .. }));
-    check(
+    diffs.check(
         "deliver_policy",
         same_start,
         format!("{:?}", want.deliver_policy),
         format!("{:?}", found.deliver_policy),
     );
-    check(
-        "ack_policy",
-        found.ack_policy == want.ack_policy,
-        format!("{:?}", want.ack_policy),
-        format!("{:?}", found.ack_policy),
-    );
-    check(
-        "ack_wait",
-        found.ack_wait == want.ack_wait,
-        format!("{:?}", want.ack_wait),
-        format!("{:?}", found.ack_wait),
-    );
-    check(
-        "max_deliver",
-        found.max_deliver == want.max_deliver,
-        want.max_deliver.to_string(),
-        found.max_deliver.to_string(),
-    );
-    check(
-        "backoff",
-        found.backoff == want.backoff,
-        format!("{:?}", want.backoff),
-        format!("{:?}", found.backoff),
-    );
-    check(
+    diffs.compare("ack_policy", &want.ack_policy, &found.ack_policy);
+    diffs.compare("ack_wait", &want.ack_wait, &found.ack_wait);
+    diffs.compare("max_deliver", &want.max_deliver, &found.max_deliver);
+    diffs.compare("backoff", &want.backoff, &found.backoff);
+    diffs.compare(
         "max_ack_pending",
-        found.max_ack_pending == want.max_ack_pending,
-        want.max_ack_pending.to_string(),
-        found.max_ack_pending.to_string(),
+        &want.max_ack_pending,
+        &found.max_ack_pending,
     );
-    check(
+    diffs.compare(
         "priority_policy",
-        found.priority_policy == want.priority_policy,
-        format!("{:?}", want.priority_policy),
-        format!("{:?}", found.priority_policy),
+        &want.priority_policy,
+        &found.priority_policy,
     );
-    check(
+    diffs.compare(
         "priority_groups",
-        found.priority_groups == want.priority_groups,
-        format!("{:?}", want.priority_groups),
-        format!("{:?}", found.priority_groups),
+        &want.priority_groups,
+        &found.priority_groups,
     );
-    check(
+    diffs.compare(
         "priority_timeout",
-        found.priority_timeout == want.priority_timeout,
-        format!("{:?}", want.priority_timeout),
-        format!("{:?}", found.priority_timeout),
+        &want.priority_timeout,
+        &found.priority_timeout,
     );
-    diffs
+    diffs.into_vec()
 }
 
 /// Whether `found` differs from `want` only in redelivery and take-over timing (`ack_wait`,
@@ -288,4 +260,54 @@ pub async fn ensure_consumer(
         }
     }
     Err(StartError::ConsumerMismatch { name, differences })
+}
+
+#[cfg(test)]
+mod tests {
+    use async_nats::jetstream::consumer::IntoConsumerConfig as _;
+
+    use super::*;
+
+    fn want() -> pull::Config {
+        ConsumerSettings::default().consumer_config(&crate::views::Accounts, 0)
+    }
+
+    #[test]
+    fn another_consumer_is_refused_with_every_difference_named() {
+        let found = jetstream::consumer::Config {
+            filter_subjects: vec!["other.>".to_owned()],
+            deliver_policy: DeliverPolicy::New,
+            ack_policy: AckPolicy::None,
+            ack_wait: Duration::from_secs(30),
+            max_deliver: 5,
+            max_ack_pending: 1000,
+            ..Default::default()
+        };
+        assert_eq!(
+            consumer_differences(&want(), &found),
+            [
+                "filter_subject: expected tenant.*.aggregate.*.*, found other.>",
+                "deliver_policy: expected All, found New",
+                "ack_policy: expected Explicit, found None",
+                "ack_wait: expected 3s, found 30s",
+                "max_deliver: expected 10, found 5",
+                "backoff: expected [3s, 6s, 12s, 24s, 48s, 60s, 60s, 60s, 60s], found []",
+                "max_ack_pending: expected 500, found 1000",
+                "priority_policy: expected PinnedClient, found None",
+                "priority_groups: expected [\"projection\"], found []",
+                "priority_timeout: expected 2s, found 0ns",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_consumer_started_after_a_bulk_load_serves_as_one_delivering_everything() {
+        let mut found = want().into_consumer_config();
+        found.deliver_policy = DeliverPolicy::ByStartSequence { start_sequence: 42 };
+        assert!(consumer_differences(&want(), &found).is_empty());
+        assert!(only_timing_differs(&want(), &found));
+        found.ack_wait = Duration::from_secs(9);
+        assert!(!consumer_differences(&want(), &found).is_empty());
+        assert!(only_timing_differs(&want(), &found));
+    }
 }

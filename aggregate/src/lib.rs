@@ -31,7 +31,7 @@ use platform::http::HttpSettings;
 use platform::metrics::Metrics;
 use platform::nats::NatsArgs;
 use platform::service::ServiceArgs;
-use platform::shutdown::Shutdown;
+use tokio_util::sync::CancellationToken;
 
 use crate::domain::DynAggregate;
 use crate::runtime::{Runtime, RuntimeSettings};
@@ -217,7 +217,7 @@ pub fn app(app: &App, auth: Authenticator, http: HttpSettings) -> Router {
 }
 
 /// Runs the service until `shutdown` fires, then drains within the grace period.
-pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let auth = Authenticator::from_args(&config.auth)?;
     let Some((app_state, listener)) = platform::service::start_and_bind(
         start(&config, default_aggregates()),
@@ -245,7 +245,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     app: App,
-    shutdown: Shutdown,
+    shutdown: CancellationToken,
     grace: Duration,
 ) -> anyhow::Result<()> {
     // live feeds never finish by themselves: end them when the drain starts, so that the
@@ -253,7 +253,7 @@ pub async fn serve(
     let live = app.live.clone();
     let closing = shutdown.clone();
     tokio::spawn(async move {
-        closing.wait().await;
+        closing.cancelled().await;
         live.close();
     });
     platform::service::serve(

@@ -6,8 +6,7 @@ use clap::Parser;
 async fn main() -> anyhow::Result<()> {
     let config = aggregate::Config::parse();
     platform::telemetry::init(config.service.log_format());
-    let shutdown = platform::shutdown::Shutdown::new();
-    shutdown.on_signals();
+    let shutdown = platform::shutdown::on_signals();
     aggregate::run(config, shutdown).await.inspect_err(|e| {
         tracing::error!(error = format!("{e:#}"), "aggregate failed");
     })

@@ -246,7 +246,7 @@ async fn views(sizes: &Sizes) -> anyhow::Result<Vec<Row>> {
         .context("starting the projection library")?;
     let names = ["accounts", "tenant-summary"];
     let limit = Duration::from_secs(300);
-    let shutdown = platform::shutdown::Shutdown::new();
+    let shutdown = tokio_util::sync::CancellationToken::new();
     let target = last_seq(js).await?;
     let started = Instant::now();
     let handles = app.spawn_projectors(&shutdown);
@@ -298,7 +298,7 @@ async fn views(sizes: &Sizes) -> anyhow::Result<Vec<Row>> {
         "projection live: accounts {:.1?}, tenant-summary {:.1?}",
         live[0], live[1]
     ));
-    shutdown.trigger();
+    shutdown.cancel();
     for h in handles {
         let _ = tokio::time::timeout(Duration::from_secs(5), h).await;
     }

@@ -8,8 +8,8 @@ use std::time::Duration;
 use axum::Router;
 
 use crate::http::HttpSettings;
-use crate::shutdown::Shutdown;
 use crate::telemetry::LogFormat;
+use tokio_util::sync::CancellationToken;
 
 /// Flags every service has (flatten into its `Config`).
 #[derive(Debug, Clone, clap::Args)]
@@ -69,11 +69,11 @@ impl ServiceArgs {
 pub async fn start_and_bind<T>(
     start: impl Future<Output = anyhow::Result<T>>,
     addr: std::net::SocketAddr,
-    shutdown: &Shutdown,
+    shutdown: &CancellationToken,
 ) -> anyhow::Result<Option<(T, tokio::net::TcpListener)>> {
     let started = tokio::select! {
         started = start => started?,
-        () = shutdown.wait() => {
+        () = shutdown.cancelled() => {
             tracing::info!("shut down during start-up");
             return Ok(None);
         }
@@ -92,14 +92,14 @@ pub async fn serve(
     router: Router,
     client: &async_nats::Client,
     draining: Arc<AtomicBool>,
-    shutdown: Shutdown,
+    shutdown: CancellationToken,
     grace: Duration,
     background: impl Future<Output = ()>,
 ) {
     let stop = shutdown.clone();
     let flag = draining.clone();
     let server = axum::serve(listener, router).with_graceful_shutdown(async move {
-        stop.wait().await;
+        stop.cancelled().await;
         flag.store(true, Ordering::Relaxed);
     });
     let finished = crate::shutdown::drain_within(&shutdown, grace, async {

@@ -1,55 +1,21 @@
-//! Shutdown: SIGTERM / Ctrl-C and a bounded drain.
+//! Shutdown: SIGTERM / Ctrl-C and a bounded drain. A service's shutdown is one
+//! [`CancellationToken`] (tokio-util), cancelled once; a part that must stop on its own as well
+//! takes a child token (`child_token`), which the service's cancellation also cancels.
 
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
-/// A shutdown trigger shared by every task of a service.
-#[derive(Clone)]
-pub struct Shutdown {
-    tx: watch::Sender<bool>,
-}
-
-impl Default for Shutdown {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Shutdown {
-    /// A trigger that has not fired.
-    pub fn new() -> Self {
-        Shutdown {
-            tx: watch::channel(false).0,
-        }
-    }
-
-    /// Fires the trigger (idempotent).
-    pub fn trigger(&self) {
-        self.tx.send_replace(true);
-    }
-
-    /// Whether the trigger has fired.
-    pub fn is_triggered(&self) -> bool {
-        *self.tx.borrow()
-    }
-
-    /// Resolves once the trigger has fired.
-    pub async fn wait(&self) {
-        let mut rx = self.tx.subscribe();
-        // the sender lives in self, so this only ends when the value becomes true
-        let _ = rx.wait_for(|v| *v).await;
-    }
-
-    /// Fires the trigger on SIGTERM or Ctrl-C. Spawn once from `main`.
-    pub fn on_signals(&self) {
-        let this = self.clone();
-        tokio::spawn(async move {
-            wait_for_signal().await;
-            tracing::info!("shutdown signal received; draining");
-            this.trigger();
-        });
-    }
+/// A token cancelled on SIGTERM or Ctrl-C. Call once, from `main`.
+pub fn on_signals() -> CancellationToken {
+    let shutdown = CancellationToken::new();
+    let cancel = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown signal received; draining");
+        cancel.cancel();
+    });
+    shutdown
 }
 
 async fn wait_for_signal() {
@@ -73,17 +39,17 @@ async fn wait_for_signal() {
     }
 }
 
-/// Runs `work` to completion, but gives up `deadline` after `shutdown` fires.
+/// Runs `work` to completion, but gives up `deadline` after `shutdown` is cancelled.
 /// Returns `true` if `work` finished by itself.
 pub async fn drain_within<F: std::future::Future<Output = ()>>(
-    shutdown: &Shutdown,
+    shutdown: &CancellationToken,
     deadline: Duration,
     work: F,
 ) -> bool {
     tokio::pin!(work);
     tokio::select! {
         () = &mut work => return true,
-        () = shutdown.wait() => {},
+        () = shutdown.cancelled() => {},
     }
     match tokio::time::timeout(deadline, work).await {
         Ok(()) => true,

@@ -18,7 +18,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::problem::Problem;
-use crate::shutdown::Shutdown;
+use tokio_util::sync::CancellationToken;
 
 /// The limits of live feeds (flags and environment of the service).
 #[derive(Debug, Clone, Copy, clap::Args)]
@@ -75,7 +75,7 @@ pub type EndReason = &'static str;
 pub struct Feeds {
     args: LiveArgs,
     slots: Arc<Semaphore>,
-    closing: Shutdown,
+    closing: CancellationToken,
     open: Gauge,
 }
 
@@ -83,7 +83,7 @@ pub struct Feeds {
 pub struct FeedSender {
     tx: mpsc::Sender<Event>,
     slow_client: Duration,
-    closing: Shutdown,
+    closing: CancellationToken,
     label: String,
 }
 
@@ -103,7 +103,7 @@ impl FeedSender {
                 }
                 Err(mpsc::error::SendTimeoutError::Closed(_)) => Err("client gone"),
             },
-            () = self.closing.wait() => Err("shutting down"),
+            () = self.closing.cancelled() => Err("shutting down"),
         }
     }
 
@@ -114,7 +114,7 @@ impl FeedSender {
     /// Why the feed ends.
     pub async fn idle(&self, pause: Duration) -> Result<(), EndReason> {
         tokio::select! {
-            () = self.closing.wait() => Err("shutting down"),
+            () = self.closing.cancelled() => Err("shutting down"),
             () = self.tx.closed() => Err("client gone"),
             () = tokio::time::sleep(pause) => Ok(()),
         }
@@ -126,7 +126,7 @@ impl FeedSender {
     /// Why the feed ends.
     pub async fn until<T>(&self, wake: impl Future<Output = T>) -> Result<T, EndReason> {
         tokio::select! {
-            () = self.closing.wait() => Err("shutting down"),
+            () = self.closing.cancelled() => Err("shutting down"),
             () = self.tx.closed() => Err("client gone"),
             woke = wake => Ok(woke),
         }
@@ -145,7 +145,7 @@ impl Feeds {
         Self {
             slots: Arc::new(Semaphore::new(args.sse_max_streams)),
             args,
-            closing: Shutdown::new(),
+            closing: CancellationToken::new(),
             open,
         }
     }
@@ -157,7 +157,7 @@ impl Feeds {
 
     /// Ends every open feed (at shutdown) and refuses new ones.
     pub fn close(&self) {
-        self.closing.trigger();
+        self.closing.cancel();
         self.slots.close();
     }
 

@@ -32,8 +32,8 @@ use platform::http::HttpSettings;
 use platform::metrics::Metrics;
 use platform::nats::NatsArgs;
 use platform::service::ServiceArgs;
-use platform::shutdown::Shutdown;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::engine::{ConsumerSettings, Projector};
 use crate::http::ViewMap;
@@ -170,7 +170,7 @@ pub struct App {
 impl App {
     /// Starts every view's consumer loop (and its lag poller); they stop when `shutdown`
     /// fires, after finishing the batch in flight.
-    pub fn spawn_projectors(&mut self, shutdown: &Shutdown) -> Vec<JoinHandle<()>> {
+    pub fn spawn_projectors(&mut self, shutdown: &CancellationToken) -> Vec<JoinHandle<()>> {
         self.projectors
             .drain(..)
             .map(|(slot, p)| {
@@ -376,7 +376,7 @@ pub async fn rebuild_cli(config: &Config, view_name: &str) -> anyhow::Result<u32
 }
 
 /// Runs the service until `shutdown` fires, then drains within the grace period.
-pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let auth = Authenticator::from_args(&config.auth)?;
     let Some((app_state, listener)) = platform::service::start_and_bind(
         start(&config, default_views()),
@@ -405,7 +405,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     mut app: App,
-    shutdown: Shutdown,
+    shutdown: CancellationToken,
     grace: Duration,
 ) -> anyhow::Result<()> {
     let projectors = app.spawn_projectors(&shutdown);
@@ -414,7 +414,7 @@ pub async fn serve(
     let live = app.live.clone();
     let closing = shutdown.clone();
     tokio::spawn(async move {
-        closing.wait().await;
+        closing.cancelled().await;
         live.close();
     });
     platform::service::serve(

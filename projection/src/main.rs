@@ -15,8 +15,7 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!(view = %view, generation, "rebuild done");
         return Ok(());
     }
-    let shutdown = platform::shutdown::Shutdown::new();
-    shutdown.on_signals();
+    let shutdown = platform::shutdown::on_signals();
     projection::run(config, shutdown).await.inspect_err(|e| {
         tracing::error!(error = format!("{e:#}"), "projection failed");
     })

@@ -19,7 +19,7 @@ use crate::engine::{ConsumerSettings, Projector, StartError, ViewRuntime, bulk, 
 use crate::metrics::ViewMetrics;
 use crate::store::{self, StoreError};
 use crate::view::View;
-use platform::shutdown::Shutdown;
+use tokio_util::sync::CancellationToken;
 
 /// How often instances look at the generation pointer.
 const POINTER_POLL: Duration = Duration::from_millis(500);
@@ -213,17 +213,18 @@ impl Generations {
         self,
         slot: Arc<ViewSlot>,
         mut projector: Projector,
-        shutdown: Shutdown,
+        shutdown: CancellationToken,
     ) {
         loop {
             let rt = projector.runtime().clone();
             let generation = rt.generation;
-            let child = Shutdown::new();
+            // this generation's tasks: cancelled by the service's shutdown, or by the watcher
+            // when the pointer moves
+            let child = shutdown.child_token();
             let watcher = tokio::spawn(watch_pointer(
                 self.pointers.clone(),
                 rt.view.clone(),
                 generation,
-                shutdown.clone(),
                 child.clone(),
             ));
             let lag = tokio::spawn(crate::engine::poll_lag(
@@ -243,7 +244,7 @@ impl Generations {
             lag.abort();
             health.abort();
             retrier.abort();
-            if shutdown.is_triggered() {
+            if shutdown.is_cancelled() {
                 return;
             }
             // the pointer moved: open the new generation and switch queries to it
@@ -257,7 +258,7 @@ impl Generations {
                     Err(e) => {
                         tracing::warn!(view = %rt.view.name(), error = %e, "cannot open the new generation; retrying");
                         tokio::select! {
-                            () = shutdown.wait() => return,
+                            () = shutdown.cancelled() => return,
                             () = tokio::time::sleep(Duration::from_secs(1)) => {}
                         }
                     }
@@ -296,7 +297,7 @@ impl Generations {
             }
         };
         let rt = projector.runtime().clone();
-        let stop = Shutdown::new();
+        let stop = CancellationToken::new();
         let run = tokio::spawn(projector.run(stop.clone()));
         let result = self.follow(&rt, started, &mut on_progress).await;
         let switched = match result {
@@ -325,7 +326,7 @@ impl Generations {
             }
             Err(e) => Err(e),
         };
-        stop.trigger();
+        stop.cancel();
         let _ = run.await;
         match &switched {
             Ok(_) => {
@@ -434,17 +435,17 @@ impl Generations {
     }
 }
 
-/// Triggers `child` when `parent` fires or the pointer leaves `generation`.
+/// Cancels `generation` (a token of that generation's tasks) when the pointer leaves it; ends
+/// when it is cancelled otherwise (the service shuts down).
 async fn watch_pointer(
     pointers: kv::Store,
     view: Arc<dyn View>,
     generation: u32,
-    parent: Shutdown,
-    child: Shutdown,
+    tasks: CancellationToken,
 ) {
     loop {
         tokio::select! {
-            () = parent.wait() => break,
+            () = tasks.cancelled() => break,
             () = tokio::time::sleep(POINTER_POLL) => {
                 if let Ok((g, _)) = store::read_generation(&pointers, &*view).await
                     && g != generation
@@ -454,7 +455,7 @@ async fn watch_pointer(
             }
         }
     }
-    child.trigger();
+    tasks.cancel();
 }
 
 /// Deletes a generation's consumer and buckets (best effort).

@@ -298,7 +298,7 @@ async fn serves_on_a_real_port_with_request_ids_and_metrics() {
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let shutdown = platform::shutdown::Shutdown::new();
+    let shutdown = tokio_util::sync::CancellationToken::new();
     let serving = tokio::spawn(aggregate::serve(
         listener,
         router,
@@ -374,7 +374,7 @@ async fn serves_on_a_real_port_with_request_ids_and_metrics() {
         );
     }
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
-    shutdown.trigger();
+    shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(10), serving)
         .await
         .expect("drains in time")

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use platform::auth::{Authenticator, mint_hs256};
 use platform::http::HttpSettings;
-use platform::shutdown::Shutdown;
 use serde_json::json;
 use testkit::NatsServer;
 use testkit::sse::{Feed, Sse};
+use tokio_util::sync::CancellationToken;
 
 use crate::support::*;
 
@@ -20,7 +20,7 @@ const WITHIN: Duration = Duration::from_secs(20);
 struct Served {
     base: String,
     app_client: async_nats::Client,
-    shutdown: Shutdown,
+    shutdown: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
@@ -37,7 +37,7 @@ async fn serve(server: &NatsServer, extra: &[&str]) -> Served {
         .await
         .expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
-    let shutdown = Shutdown::new();
+    let shutdown = CancellationToken::new();
     let app_client = app.client.clone();
     let task = tokio::spawn(aggregate::serve(
         listener,
@@ -328,7 +328,7 @@ async fn shutdown_ends_every_feed_and_no_consumer_is_left_behind() {
 
     let mut open = Feed::start(&url, &tok, None).await;
     open.take(1).await;
-    served.shutdown.trigger();
+    served.shutdown.cancel();
     assert!(open.next().await.is_none(), "the feed ends at shutdown");
     tokio::time::timeout(WITHIN, served.task)
         .await

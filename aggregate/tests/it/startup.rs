@@ -101,12 +101,12 @@ async fn sigterm_during_start_up_ends_the_wait() {
     let mut server = NatsServer::start();
     let config = config(&server, &["--http-addr", "127.0.0.1:0"]);
     server.kill();
-    let shutdown = platform::shutdown::Shutdown::new();
+    let shutdown = tokio_util::sync::CancellationToken::new();
     let mark = Mark::now();
     let running = tokio::spawn(aggregate::run(config, shutdown.clone()));
     mark.logged(RETRYING, 1, Duration::from_secs(30)).await;
     assert!(!running.is_finished(), "start-up waits for NATS");
-    shutdown.trigger();
+    shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(10), running)
         .await
         .expect("SIGTERM ends the start-up wait")

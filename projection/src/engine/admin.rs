@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
-use platform::shutdown::Shutdown;
 use shared::EventEnvelope;
+use tokio_util::sync::CancellationToken;
 
 use crate::engine::ViewRuntime;
 use crate::engine::commit::{CommitError, DocWrite, commit};
@@ -243,7 +243,7 @@ const TRANSIENT_RETRY_MAX_DELAY: Duration = Duration::from_secs(30);
 /// Releases events parked for a transient reason, in order, until `shutdown`: woken when one
 /// is parked, retried with back-off while they keep failing, and once at start (records
 /// parked before a restart).
-pub async fn retry_transient(rt: Arc<ViewRuntime>, shutdown: Shutdown) {
+pub async fn retry_transient(rt: Arc<ViewRuntime>, shutdown: CancellationToken) {
     let mut delay = TRANSIENT_RETRY_FIRST_DELAY;
     loop {
         let pending = rt
@@ -283,13 +283,13 @@ pub async fn retry_transient(rt: Arc<ViewRuntime>, shutdown: Shutdown) {
             Some(d) => {
                 delay = (delay * 2).min(TRANSIENT_RETRY_MAX_DELAY);
                 tokio::select! {
-                    () = shutdown.wait() => return,
+                    () = shutdown.cancelled() => return,
                     () = tokio::time::sleep(d) => {}
                 }
             }
             None => {
                 tokio::select! {
-                    () = shutdown.wait() => return,
+                    () = shutdown.cancelled() => return,
                     () = woken => {}
                     // a record another instance parked
                     () = tokio::time::sleep(TRANSIENT_RETRY_MAX_DELAY) => {}

@@ -8,10 +8,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use platform::shutdown::Shutdown;
 use serde::Serialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+use tokio_util::sync::CancellationToken;
 
 use crate::engine::ViewRuntime;
 use crate::store::{self, StoreError};
@@ -286,7 +286,7 @@ impl ViewRuntime {
 
 /// Watches one view until `shutdown`: metrics every [`STATUS_POLL`], WARN on a stall (again
 /// every [`STALL_WARN_EVERY`] while it lasts), INFO when it moves again.
-pub async fn watch(rt: Arc<ViewRuntime>, stall_after: Duration, shutdown: Shutdown) {
+pub async fn watch(rt: Arc<ViewRuntime>, stall_after: Duration, shutdown: CancellationToken) {
     let mut tracker = StallTracker::new(stall_after, Instant::now());
     let name = rt.view.name();
     loop {
@@ -340,7 +340,7 @@ pub async fn watch(rt: Arc<ViewRuntime>, stall_after: Duration, shutdown: Shutdo
             Err(e) => tracing::debug!(view = %name, error = %e, "cannot read the view's status"),
         }
         tokio::select! {
-            () = shutdown.wait() => return,
+            () = shutdown.cancelled() => return,
             () = tokio::time::sleep(STATUS_POLL) => {}
         }
     }

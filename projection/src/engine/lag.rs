@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use async_nats::jetstream::consumer::pull;
-use platform::shutdown::Shutdown;
+use tokio_util::sync::CancellationToken;
 
 use crate::engine::ViewRuntime;
 
@@ -14,7 +14,7 @@ pub async fn poll_lag(
     rt: Arc<ViewRuntime>,
     consumer: jetstream::consumer::Consumer<pull::Config>,
     every: Duration,
-    shutdown: Shutdown,
+    shutdown: CancellationToken,
 ) {
     loop {
         if let Ok(info) = consumer.get_info().await {
@@ -24,7 +24,7 @@ pub async fn poll_lag(
                 .set(i64::try_from(info.num_pending).unwrap_or(i64::MAX));
         }
         tokio::select! {
-            () = shutdown.wait() => return,
+            () = shutdown.cancelled() => return,
             () = tokio::time::sleep(every) => {}
         }
     }

@@ -10,9 +10,9 @@ use async_nats::jetstream::consumer::pull;
 use async_nats::jetstream::message::AckKind;
 use async_nats::jetstream::{self, Message};
 use futures::StreamExt as _;
-use platform::shutdown::Shutdown;
 use serde_json::Value;
 use shared::AggregateAddress;
+use tokio_util::sync::CancellationToken;
 
 use crate::engine::ViewRuntime;
 use crate::engine::commit::{CommitError, DocWrite, commit};
@@ -91,11 +91,11 @@ impl Projector {
     }
 
     /// Pulls and applies until `shutdown` fires; the batch in flight is finished and acked.
-    pub async fn run(mut self, shutdown: Shutdown) {
+    pub async fn run(mut self, shutdown: CancellationToken) {
         self.rt.running.store(true, Ordering::Relaxed);
         let name = self.rt.view.name();
         tracing::info!(view = %name, version = self.rt.view.version(), "projector started");
-        'outer: while !shutdown.is_triggered() {
+        'outer: while !shutdown.is_cancelled() {
             let messages = match self
                 .consumer
                 .stream()
@@ -110,7 +110,7 @@ impl Projector {
                 Err(e) => {
                     tracing::warn!(view = %name, error = %e, "cannot pull; retrying");
                     tokio::select! {
-                        () = shutdown.wait() => break,
+                        () = shutdown.cancelled() => break,
                         () = tokio::time::sleep(Duration::from_secs(1)) => continue,
                     }
                 }
@@ -121,7 +121,7 @@ impl Projector {
             loop {
                 let chunk = tokio::select! {
                     biased;
-                    () = shutdown.wait() => break 'outer,
+                    () = shutdown.cancelled() => break 'outer,
                     c = chunks.next() => c,
                 };
                 let Some(chunk) = chunk else {
@@ -245,7 +245,7 @@ impl Projector {
         }
         batch
     }
-    async fn handle_batch(&mut self, batch: Vec<Message>, shutdown: &Shutdown) {
+    async fn handle_batch(&mut self, batch: Vec<Message>, shutdown: &CancellationToken) {
         // idle longer than the pin lasts: another instance may have written meanwhile
         if self
             .last_batch
@@ -265,7 +265,7 @@ impl Projector {
     /// [`BATCH_ATTEMPTS_IN_PLACE`] failures the batch is taken apart once per round: an event
     /// that fails on its own while storage answers is parked as transient (its documents wait,
     /// the background retrier releases them) and the others are applied.
-    async fn apply_batch(&mut self, batch: &[Message], shutdown: &Shutdown) {
+    async fn apply_batch(&mut self, batch: &[Message], shutdown: &CancellationToken) {
         let mut delay = BATCH_RETRY_FIRST_DELAY;
         for attempt in 1u32.. {
             match self.process(batch).await {
@@ -288,7 +288,7 @@ impl Projector {
                 }
             }
             tokio::select! {
-                () = shutdown.wait() => return, // unacknowledged: a standby gets them
+                () = shutdown.cancelled() => return, // unacknowledged: a standby gets them
                 () = tokio::time::sleep(delay) => {}
             }
             delay = (delay * 2).min(BATCH_RETRY_MAX_DELAY);

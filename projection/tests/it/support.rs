@@ -8,12 +8,12 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use clap::Parser;
 use http_body_util::BodyExt;
-use platform::shutdown::Shutdown;
 use projection::view::View;
 use serde_json::{Value, json};
 use shared::{AggregateAddress, Metadata};
 use testkit::NatsServer;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 fn leak(s: String) -> &'static str {
@@ -45,14 +45,14 @@ pub(crate) fn config(server: &NatsServer, extra: &[&str]) -> projection::Config 
 pub(crate) struct Instance {
     pub(crate) app: projection::App,
     pub(crate) router: axum::Router,
-    pub(crate) shutdown: Shutdown,
+    pub(crate) shutdown: CancellationToken,
     pub(crate) tasks: Vec<JoinHandle<()>>,
 }
 
 impl Instance {
     /// Stops pulling and waits for the batch in flight to be acked.
     pub(crate) async fn stop(self) {
-        self.shutdown.trigger();
+        self.shutdown.cancel();
         for t in self.tasks {
             t.await.expect("projector task");
         }
@@ -115,7 +115,7 @@ pub(crate) fn serving(cfg: &projection::Config, mut app: projection::App) -> Ins
         platform::auth::Authenticator::disabled(),
         cfg.service.http(),
     );
-    let shutdown = Shutdown::new();
+    let shutdown = CancellationToken::new();
     let tasks = app.spawn_projectors(&shutdown);
     Instance {
         app,

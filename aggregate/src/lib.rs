@@ -22,15 +22,14 @@ pub mod store;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
-use platform::auth::{AuthArgs, Authenticator};
+use platform::auth::Authenticator;
 use platform::http::HttpSettings;
 use platform::metrics::Metrics;
-use platform::nats::NatsArgs;
-use platform::service::ServiceArgs;
+use platform::service::{Core, Service, ServiceArgs};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::DynAggregate;
@@ -49,15 +48,9 @@ pub struct Config {
     /// Address to serve HTTP on.
     #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:8081")]
     pub http_addr: SocketAddr,
-    /// Instance id, logging, HTTP limits, shutdown grace.
+    /// Instance id, logging, HTTP limits, shutdown grace, NATS connection, authentication.
     #[command(flatten)]
     pub service: ServiceArgs,
-    /// NATS connection.
-    #[command(flatten)]
-    pub nats: NatsArgs,
-    /// Authentication.
-    #[command(flatten)]
-    pub auth: AuthArgs,
     /// How aggregate histories are read.
     #[arg(long, env = "LOAD_STRATEGY", value_enum, default_value = "auto")]
     pub load_strategy: LoadStrategy,
@@ -110,56 +103,44 @@ pub fn default_aggregates() -> Vec<Arc<dyn DynAggregate>> {
 pub struct App {
     /// The runtime.
     pub runtime: Arc<Runtime>,
-    /// The NATS client.
-    pub client: async_nats::Client,
-    /// Metrics.
-    pub metrics: Metrics,
-    /// Set while draining (readiness goes false).
-    pub draining: Arc<AtomicBool>,
+    /// The NATS client, metrics, instance id and draining flag.
+    pub core: Core,
     /// The live feeds, ended at shutdown.
     pub live: Arc<live::Live>,
-    /// This instance's id (`INSTANCE_ID`).
-    pub instance: String,
 }
 
 /// Connects, makes sure the stream is there and compatible, and builds the runtime.
 pub async fn start(config: &Config, aggregates: Vec<Arc<dyn DynAggregate>>) -> anyhow::Result<App> {
-    let client = platform::nats::connect(&config.nats, "aggregate", &config.service.instance())
-        .await
-        .map_err(|e| anyhow::anyhow!("connecting to NATS: {e}"))?;
-    let js = async_nats::jetstream::new(client.clone());
-    let spec = shared::StreamSpec::events(config.nats.stream_replicas);
-    let metrics = Metrics::new("aggregate");
     // a configuration mistake fails at once, not after the start-up retries
     runtime::snapshot_intervals(&aggregates, &config.snapshot_every)
         .map_err(|e| anyhow::anyhow!(e))?;
-    let runtime = platform::nats::retry_startup(
+    let instance = config.service.instance();
+    let metrics = Metrics::new("aggregate");
+    let (aggregates, shared_metrics) = (&aggregates, &metrics);
+    let (client, runtime) = platform::service::connect_and_set_up(
+        "aggregate",
+        &instance,
+        &config.service.nats,
         "setting up the stream and the idempotency and snapshot buckets",
-        config.nats.startup_timeout(),
-        |e| {
-            e.downcast_ref::<platform::nats::StreamError>()
-                .is_some_and(platform::nats::StreamError::is_permanent)
-        },
-        || async {
-            platform::nats::require_connected(&client, &config.nats)?;
-            let info = platform::nats::ensure_stream(&js, &spec).await?;
+        |_| false,
+        move |nats| async move {
             let load = LoadSettings {
                 strategy: config.load_strategy,
                 ..LoadSettings::recommended()
             };
-            let store = EventStore::new(client.clone(), load, info.config.allow_atomic_publish);
+            let store = EventStore::new(nats.client, load, nats.stream.config.allow_atomic_publish);
             Runtime::new(
                 store,
-                &js,
+                &nats.js,
                 aggregates.clone(),
                 RuntimeSettings {
                     cache_capacity: config.cache_capacity,
                     conflict_retries: config.conflict_retries,
                     idempotency_ttl: Duration::from_secs(config.idempotency_ttl_secs),
-                    replicas: config.nats.stream_replicas,
+                    replicas: config.service.nats.stream_replicas,
                     snapshot_every: config.snapshot_every.clone(),
                 },
-                &metrics,
+                shared_metrics,
             )
             .await
             .map_err(|e| anyhow::anyhow!("creating the runtime (buckets, snapshot settings): {e}"))
@@ -169,102 +150,42 @@ pub async fn start(config: &Config, aggregates: Vec<Arc<dyn DynAggregate>>) -> a
     Ok(App {
         runtime: Arc::new(runtime),
         live: Arc::new(live::Live::new(client.clone(), config.live, &metrics)),
-        client,
-        metrics,
-        draining: Arc::new(AtomicBool::new(false)),
-        instance: config.service.instance(),
+        core: Core::new(client, metrics, instance),
     })
+}
+
+impl Service for App {
+    const NAME: &'static str = "aggregate";
+    type ApiDoc = openapi::ApiDoc;
+
+    fn core(&self) -> &Core {
+        &self.core
+    }
+
+    fn routes(&self) -> Router {
+        http::routes(self.runtime.clone()).layer(axum::Extension(self.live.clone()))
+    }
+
+    fn spawn(&mut self, shutdown: &CancellationToken) -> Vec<JoinHandle<()>> {
+        let live = self.live.clone();
+        vec![platform::shutdown::on_cancel(shutdown, move || {
+            live.close()
+        })]
+    }
 }
 
 /// The complete router: API (behind auth) plus ops routes, in the shared middleware stack.
 pub fn app(app: &App, auth: Authenticator, http: HttpSettings) -> Router {
-    let api = http::routes(app.runtime.clone())
-        .merge(platform::health::routes(
-            app.client.clone(),
-            "aggregate",
-            app.instance.clone(),
-        ))
-        .route_layer(axum::middleware::from_fn_with_state(
-            auth.clone(),
-            platform::auth::require_auth,
-        ))
-        .layer(axum::Extension(app.live.clone()));
-    let client = app.client.clone();
-    let draining = app.draining.clone();
-    auth.register_metrics(&app.metrics);
-    let keys = auth.clone();
-    let readiness = move || {
-        let mut failing = Vec::new();
-        if !platform::nats::is_connected(&client) {
-            failing.push("nats: not connected".to_owned());
-        }
-        // the identity provider's keys have not loaded yet (AUTH_JWKS_URL, AUTH_OIDC_ISSUER_URL)
-        failing.extend(keys.not_ready());
-        if draining.load(Ordering::Relaxed) {
-            failing.push("shutting down".to_owned());
-        }
-        failing
-    };
-    let router = api
-        .merge(platform::http::ops_routes(
-            Arc::new(readiness),
-            app.metrics.clone(),
-        ))
-        .merge(platform::openapi::route(
-            &<openapi::ApiDoc as utoipa::OpenApi>::openapi(),
-        ));
-    platform::http::finish(router, http, app.metrics.clone())
+    platform::service::router(app, auth, http)
 }
 
-/// Runs the service until `shutdown` fires, then drains within the grace period.
+/// Runs the service until `shutdown` is cancelled, then drains within the grace period.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let auth = Authenticator::from_args(&config.auth)?;
-    let Some((app_state, listener)) = platform::service::start_and_bind(
-        start(&config, default_aggregates()),
+    platform::service::run(
         config.http_addr,
-        &shutdown,
-    )
-    .await?
-    else {
-        return Ok(());
-    };
-    let router = app(&app_state, auth, config.service.http());
-    tracing::info!(addr = %listener.local_addr()?, instance = %config.service.instance(), "aggregate serving");
-    serve(
-        listener,
-        router,
-        app_state,
+        &config.service,
+        start(&config, default_aggregates()),
         shutdown,
-        config.service.shutdown_grace(),
     )
     .await
-}
-
-/// Serves until shutdown, then stops accepting, finishes in-flight requests within `grace`.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    router: Router,
-    app: App,
-    shutdown: CancellationToken,
-    grace: Duration,
-) -> anyhow::Result<()> {
-    // live feeds never finish by themselves: end them when the drain starts, so that the
-    // server's graceful shutdown is not held up by them
-    let live = app.live.clone();
-    let closing = shutdown.clone();
-    tokio::spawn(async move {
-        closing.cancelled().await;
-        live.close();
-    });
-    platform::service::serve(
-        listener,
-        router,
-        &app.client,
-        app.draining.clone(),
-        shutdown,
-        grace,
-        async {},
-    )
-    .await;
-    Ok(())
 }

@@ -18,6 +18,19 @@ pub fn on_signals() -> CancellationToken {
     shutdown
 }
 
+/// Runs `f` in a task of its own once `shutdown` is cancelled (e.g. ends live feeds, which
+/// never end by themselves, when the drain starts).
+pub fn on_cancel(
+    shutdown: &CancellationToken,
+    f: impl FnOnce() + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    let cancelled = shutdown.clone();
+    tokio::spawn(async move {
+        cancelled.cancelled().await;
+        f();
+    })
+}
+
 async fn wait_for_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;

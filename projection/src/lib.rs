@@ -22,16 +22,15 @@ pub mod views;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::Router;
-use platform::auth::{AuthArgs, Authenticator};
-use platform::http::HttpSettings;
+use platform::auth::Authenticator;
+use platform::http::{HttpSettings, Readiness};
 use platform::metrics::Metrics;
-use platform::nats::NatsArgs;
-use platform::service::ServiceArgs;
+use platform::service::{Connected, Core, Service, ServiceArgs};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -56,15 +55,9 @@ pub struct Config {
     /// Address to serve HTTP on.
     #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:8082")]
     pub http_addr: SocketAddr,
-    /// Instance id, logging, HTTP limits, shutdown grace.
+    /// Instance id, logging, HTTP limits, shutdown grace, NATS connection, authentication.
     #[command(flatten)]
     pub service: ServiceArgs,
-    /// NATS connection.
-    #[command(flatten)]
-    pub nats: NatsArgs,
-    /// Authentication.
-    #[command(flatten)]
-    pub auth: AuthArgs,
     /// How long a read with `min_position` waits for the view to catch up, in milliseconds.
     #[arg(long, env = "MIN_POSITION_TIMEOUT_MS", default_value_t = 5_000)]
     pub min_position_timeout_ms: u64,
@@ -115,16 +108,6 @@ pub enum Command {
 }
 
 impl Config {
-    /// Parses flags (without the program name), with the environment as fallback.
-    ///
-    /// # Panics
-    /// On invalid flags (meant for tests and tools; `main` uses `clap::Parser::parse`).
-    pub fn parse_from_args(args: &[&str]) -> Self {
-        <Self as clap::Parser>::parse_from(
-            std::iter::once("projection").chain(args.iter().copied()),
-        )
-    }
-
     /// The consumer settings.
     pub fn consumer(&self) -> ConsumerSettings {
         let priority_timeout = Duration::from_millis(self.priority_timeout_ms);
@@ -137,7 +120,7 @@ impl Config {
             pull_expires: (priority_timeout / 4)
                 .clamp(Duration::from_millis(200), Duration::from_secs(1)),
             cache_capacity: self.cache_capacity,
-            replicas: self.nats.stream_replicas,
+            replicas: self.service.nats.stream_replicas,
             stall_after: Duration::from_millis(self.stall_after_ms),
             rebuild_chunk_bytes: self.rebuild_chunk_mib.max(1) << 20,
         }
@@ -151,12 +134,8 @@ pub fn default_views() -> Vec<Arc<dyn View>> {
 
 /// Everything a running instance needs.
 pub struct App {
-    /// The NATS client.
-    pub client: async_nats::Client,
-    /// Metrics.
-    pub metrics: Metrics,
-    /// Set while draining (readiness goes false).
-    pub draining: Arc<AtomicBool>,
+    /// The NATS client, metrics, instance id and draining flag.
+    pub core: Core,
     /// The views, by name.
     pub views: Arc<ViewMap>,
     /// The live feeds of views, ended at shutdown.
@@ -169,7 +148,7 @@ pub struct App {
 
 impl App {
     /// Starts every view's consumer loop (and its lag poller); they stop when `shutdown`
-    /// fires, after finishing the batch in flight.
+    /// is cancelled, after finishing the batch in flight.
     pub fn spawn_projectors(&mut self, shutdown: &CancellationToken) -> Vec<JoinHandle<()>> {
         self.projectors
             .drain(..)
@@ -184,32 +163,61 @@ impl App {
     }
 }
 
+impl Service for App {
+    const NAME: &'static str = "projection";
+    type ApiDoc = openapi::ApiDoc;
+
+    fn core(&self) -> &Core {
+        &self.core
+    }
+
+    fn routes(&self) -> Router {
+        http::routes(
+            self.views.clone(),
+            self.generations.clone(),
+            self.live.clone(),
+            self.min_position_timeout,
+        )
+    }
+
+    fn readiness(&self) -> Arc<dyn Readiness> {
+        let views = self.views.clone();
+        Arc::new(move || {
+            views
+                .iter()
+                .filter(|(_, slot)| !slot.current().running.load(Ordering::Relaxed))
+                .map(|(name, _)| format!("view {name}: consumer not running"))
+                .collect()
+        })
+    }
+
+    /// The consumer loops, and the end of the live feeds when the drain starts.
+    fn spawn(&mut self, shutdown: &CancellationToken) -> Vec<JoinHandle<()>> {
+        let mut tasks = self.spawn_projectors(shutdown);
+        let live = self.live.clone();
+        tasks.push(platform::shutdown::on_cancel(shutdown, move || {
+            live.close()
+        }));
+        tasks
+    }
+}
+
 /// Connects, makes sure the stream, the buckets and the consumers are there and compatible.
 /// Nothing is consumed until [`App::spawn_projectors`].
 pub async fn start(config: &Config, views: Vec<Arc<dyn View>>) -> anyhow::Result<App> {
     view::validate_views(&views)?;
-    let client = platform::nats::connect(&config.nats, "projection", &config.service.instance())
-        .await
-        .map_err(|e| anyhow::anyhow!("connecting to NATS: {e}"))?;
-    let js = async_nats::jetstream::new(client.clone());
-    let spec = shared::StreamSpec::events(config.nats.stream_replicas);
+    let instance = config.service.instance();
     let metrics = Metrics::new("projection");
     let view_metrics = ViewMetrics::register(&metrics);
-    let (generations, map, projectors) = platform::nats::retry_startup(
+    let (views, view_metrics, id) = (&views, &view_metrics, &instance);
+    let (client, (generations, map, projectors)) = platform::service::connect_and_set_up(
+        "projection",
+        id,
+        &config.service.nats,
         "setting up the stream, the view buckets and the consumers",
-        config.nats.startup_timeout(),
         is_permanent_start_error,
-        || async {
-            platform::nats::require_connected(&client, &config.nats)?;
-            platform::nats::ensure_stream(&js, &spec).await?;
-            let generations = Generations::open(
-                &js,
-                config.consumer(),
-                view_metrics.clone(),
-                &config.service.instance(),
-            )
-            .await
-            .context("opening the view generations bucket")?;
+        move |nats| async move {
+            let generations = open_generations(&nats, config, view_metrics, id).await?;
             let mut map = BTreeMap::new();
             let mut projectors = Vec::new();
             for view in views.iter().cloned() {
@@ -232,9 +240,7 @@ pub async fn start(config: &Config, views: Vec<Arc<dyn View>>) -> anyhow::Result
     .await?;
     Ok(App {
         live: Arc::new(live::Live::new(client.clone(), config.live, &metrics)),
-        client,
-        metrics,
-        draining: Arc::new(AtomicBool::new(false)),
+        core: Core::new(client, metrics, instance),
         views: Arc::new(map),
         generations,
         projectors,
@@ -242,62 +248,27 @@ pub async fn start(config: &Config, views: Vec<Arc<dyn View>>) -> anyhow::Result
     })
 }
 
-/// Start-up errors that retrying cannot fix: an incompatible stream or consumer.
+async fn open_generations(
+    nats: &Connected,
+    config: &Config,
+    view_metrics: &ViewMetrics,
+    instance: &str,
+) -> anyhow::Result<Generations> {
+    Generations::open(&nats.js, config.consumer(), view_metrics.clone(), instance)
+        .await
+        .context("opening the view generations bucket")
+}
+
+/// Start-up errors that retrying cannot fix besides an incompatible stream: a consumer with
+/// another configuration.
 fn is_permanent_start_error(e: &anyhow::Error) -> bool {
-    e.downcast_ref::<platform::nats::StreamError>()
-        .is_some_and(platform::nats::StreamError::is_permanent)
-        || e.downcast_ref::<rebuild::RebuildError>()
-            .is_some_and(rebuild::RebuildError::is_permanent)
+    e.downcast_ref::<rebuild::RebuildError>()
+        .is_some_and(rebuild::RebuildError::is_permanent)
 }
 
 /// The complete router: API (behind auth) plus ops routes, in the shared middleware stack.
 pub fn app(app: &App, auth: Authenticator, http: HttpSettings) -> Router {
-    let api = http::routes(
-        app.views.clone(),
-        app.generations.clone(),
-        app.live.clone(),
-        app.min_position_timeout,
-    )
-    .merge(platform::health::routes(
-        app.client.clone(),
-        "projection",
-        app.generations.instance.clone(),
-    ))
-    .route_layer(axum::middleware::from_fn_with_state(
-        auth.clone(),
-        platform::auth::require_auth,
-    ));
-    let client = app.client.clone();
-    let draining = app.draining.clone();
-    let views = app.views.clone();
-    auth.register_metrics(&app.metrics);
-    let keys = auth.clone();
-    let readiness = move || {
-        let mut failing = Vec::new();
-        if !platform::nats::is_connected(&client) {
-            failing.push("nats: not connected".to_owned());
-        }
-        // the identity provider's keys have not loaded yet (AUTH_JWKS_URL, AUTH_OIDC_ISSUER_URL)
-        failing.extend(keys.not_ready());
-        for (name, slot) in views.iter() {
-            if !slot.current().running.load(Ordering::Relaxed) {
-                failing.push(format!("view {name}: consumer not running"));
-            }
-        }
-        if draining.load(Ordering::Relaxed) {
-            failing.push("shutting down".to_owned());
-        }
-        failing
-    };
-    let router = api
-        .merge(platform::http::ops_routes(
-            Arc::new(readiness),
-            app.metrics.clone(),
-        ))
-        .merge(platform::openapi::route(
-            &<openapi::ApiDoc as utoipa::OpenApi>::openapi(),
-        ));
-    platform::http::finish(router, http, app.metrics.clone())
+    platform::service::router(app, auth, http)
 }
 
 /// `projection rebuild --view NAME`: rebuilds one view with a progress bar on stderr (and a
@@ -313,36 +284,17 @@ pub async fn rebuild_cli(config: &Config, view_name: &str) -> anyhow::Result<u32
                 .collect();
             anyhow::anyhow!("no view named {view_name:?}; views: {}", names.join(", "))
         })?;
-    let client = platform::nats::connect(
-        &config.nats,
-        "projection-rebuild",
-        &config.service.instance(),
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("connecting to NATS: {e}"))?;
-    let js = async_nats::jetstream::new(client.clone());
+    let instance = config.service.instance();
     let metrics = Metrics::new("projection");
     let view_metrics = ViewMetrics::register(&metrics);
-    let generations = platform::nats::retry_startup(
+    let (view_metrics, id) = (&view_metrics, &instance);
+    let (client, generations) = platform::service::connect_and_set_up(
+        "projection-rebuild",
+        id,
+        &config.service.nats,
         "setting up the stream and the view generations bucket",
-        config.nats.startup_timeout(),
         is_permanent_start_error,
-        || async {
-            platform::nats::require_connected(&client, &config.nats)?;
-            platform::nats::ensure_stream(
-                &js,
-                &shared::StreamSpec::events(config.nats.stream_replicas),
-            )
-            .await?;
-            Generations::open(
-                &js,
-                config.consumer(),
-                view_metrics.clone(),
-                &config.service.instance(),
-            )
-            .await
-            .context("opening the view generations bucket")
-        },
+        move |nats| async move { open_generations(&nats, config, view_metrics, id).await },
     )
     .await?;
     let bar = indicatif::ProgressBar::new(0);
@@ -375,61 +327,13 @@ pub async fn rebuild_cli(config: &Config, view_name: &str) -> anyhow::Result<u32
     Ok(generation)
 }
 
-/// Runs the service until `shutdown` fires, then drains within the grace period.
+/// Runs the service until `shutdown` is cancelled, then drains within the grace period.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let auth = Authenticator::from_args(&config.auth)?;
-    let Some((app_state, listener)) = platform::service::start_and_bind(
-        start(&config, default_views()),
+    platform::service::run(
         config.http_addr,
-        &shutdown,
-    )
-    .await?
-    else {
-        return Ok(());
-    };
-    let router = app(&app_state, auth, config.service.http());
-    tracing::info!(addr = %listener.local_addr()?, instance = %config.service.instance(), "projection serving");
-    serve(
-        listener,
-        router,
-        app_state,
+        &config.service,
+        start(&config, default_views()),
         shutdown,
-        config.service.shutdown_grace(),
     )
     .await
-}
-
-/// Serves and consumes until shutdown; then stops pulling, finishes and acks the batch in
-/// flight and the requests in flight, within `grace`.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    router: Router,
-    mut app: App,
-    shutdown: CancellationToken,
-    grace: Duration,
-) -> anyhow::Result<()> {
-    let projectors = app.spawn_projectors(&shutdown);
-    // live feeds never finish by themselves: end them when the drain starts, so that the
-    // server's graceful shutdown is not held up by them
-    let live = app.live.clone();
-    let closing = shutdown.clone();
-    tokio::spawn(async move {
-        closing.cancelled().await;
-        live.close();
-    });
-    platform::service::serve(
-        listener,
-        router,
-        &app.client,
-        app.draining.clone(),
-        shutdown,
-        grace,
-        async {
-            for p in projectors {
-                let _ = p.await;
-            }
-        },
-    )
-    .await;
-    Ok(())
 }

@@ -64,7 +64,7 @@ async fn killing_the_stream_leader_loses_and_duplicates_nothing() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(1_500)).await;
-    let js = async_nats::jetstream::new(app.client.clone());
+    let js = async_nats::jetstream::new(app.core.client.clone());
     let leader = js
         .get_stream(shared::STREAM_NAME)
         .await

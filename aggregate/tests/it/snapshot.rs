@@ -32,7 +32,7 @@ async fn instance_with(
 }
 
 async fn bucket(app: &aggregate::App) -> async_nats::jetstream::kv::Store {
-    async_nats::jetstream::new(app.client.clone())
+    async_nats::jetstream::new(app.core.client.clone())
         .get_key_value(SNAPSHOTS_BUCKET)
         .await
         .expect("snapshot bucket")
@@ -46,7 +46,8 @@ async fn stored_snapshot(app: &aggregate::App, a: &AggregateAddress) -> Option<S
 
 /// The value of one counter line of the instance's metrics (0 if absent).
 fn counter(app: &aggregate::App, line_prefix: &str) -> f64 {
-    app.metrics
+    app.core
+        .metrics
         .render()
         .lines()
         .find(|l| l.starts_with(line_prefix))

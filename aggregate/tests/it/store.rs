@@ -43,7 +43,7 @@ async fn three_instances_load_concurrently_without_collisions_or_leftover_consum
             .iter()
             .all(|r| r.as_ref().map(Vec::len).ok() == Some(2))
     );
-    let client = apps[0].client.clone();
+    let client = apps[0].core.client.clone();
     testkit::eventually(
         "no fetch consumer left behind",
         Duration::from_secs(10),
@@ -160,7 +160,7 @@ async fn a_foreign_message_on_an_aggregate_subject_fails_the_load_clearly() {
     let app = instance(&server).await;
     let a = account("acme", "forged");
     send(&app, &a, open()).await;
-    let js = async_nats::jetstream::new(app.client.clone());
+    let js = async_nats::jetstream::new(app.core.client.clone());
     js.publish(a.subject(), "garbage".into())
         .await
         .expect("publish")

@@ -30,7 +30,7 @@ fn request(ty: &str, payload: serde_json::Value, id: CommandId) -> CommandReques
 /// What instance A did before SIGKILL: command `x` reserved (its pending record written, as
 /// every instance does before appending), its event appended, no outcome recorded.
 async fn append_without_record(a: &aggregate::App, at: &AggregateAddress, x: CommandId) {
-    let kv = async_nats::jetstream::new(a.client.clone())
+    let kv = async_nats::jetstream::new(a.core.client.clone())
         .get_key_value(aggregate::runtime::COMMANDS_BUCKET)
         .await
         .expect("commands bucket");

@@ -36,7 +36,7 @@ async fn documents(rt: &ViewRuntime) -> BTreeMap<String, Value> {
 
 /// A fresh generation of `view` nobody else writes (as a rebuild opens it).
 async fn fresh(p: &Instance, view: &str, generation: u32) -> ViewRuntime {
-    let js = async_nats::jetstream::new(p.app.client.clone());
+    let js = async_nats::jetstream::new(p.app.core.client.clone());
     ViewRuntime::open(
         &js,
         p.view(view).view.clone(),
@@ -74,7 +74,7 @@ async fn a_chunked_load_writes_exactly_the_documents_of_the_live_fold() {
     for view in ["accounts", "tenant-summary"] {
         p.caught_up(view, last, Duration::from_secs(30)).await;
     }
-    let js = async_nats::jetstream::new(p.app.client.clone());
+    let js = async_nats::jetstream::new(p.app.core.client.clone());
     for view in ["accounts", "tenant-summary"] {
         let live = documents(&p.view(view)).await;
         assert!(live.len() >= 24, "{view}: {} documents", live.len());
@@ -104,7 +104,7 @@ async fn a_chunked_load_writes_exactly_the_documents_of_the_live_fold() {
 async fn a_rebuild_leaves_an_event_it_must_park_to_the_consumer_which_parks_it() {
     let server = NatsServer::start();
     let p = projection(&server).await;
-    let c = &p.app.client;
+    let c = &p.app.core.client;
     let (garbage, behind, last) = publish_poison_scenario(c, "q1", "q2").await;
     p.caught_up("accounts", last, Duration::from_secs(30)).await;
 

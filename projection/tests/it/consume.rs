@@ -28,14 +28,14 @@ async fn aggregate_events_legacy_and_future_envelopes_all_apply() {
 
     // legacy: no ids, no version
     publish_raw(
-        &p.app.client,
+        &p.app.core.client,
         "tenant.acme.aggregate.account.acc-legacy",
         FIXTURE_LEGACY.into(),
     )
     .await;
     // acc-1: an opened event (v1), then the golden v2 and the v3 with unknown fields
     publish_raw(
-        &p.app.client,
+        &p.app.core.client,
         "tenant.acme.aggregate.account.acc-1",
         envelope(
             "acme",
@@ -47,13 +47,13 @@ async fn aggregate_events_legacy_and_future_envelopes_all_apply() {
     )
     .await;
     publish_raw(
-        &p.app.client,
+        &p.app.core.client,
         "tenant.acme.aggregate.account.acc-1",
         FIXTURE_EVENT.into(),
     )
     .await;
     let seq = publish_raw(
-        &p.app.client,
+        &p.app.core.client,
         "tenant.acme.aggregate.account.acc-1",
         FIXTURE_FUTURE.into(),
     )
@@ -315,7 +315,7 @@ async fn a_restart_resumes_and_a_new_version_replays_everything() {
     // only the new event
     applied(&p, 1).await;
     assert_eq!(p.counter("events_duplicate", "accounts"), 0);
-    let js = async_nats::jetstream::new(p.app.client.clone());
+    let js = async_nats::jetstream::new(p.app.core.client.clone());
     let stream = js.get_stream(shared::STREAM_NAME).await.expect("stream");
     // acked just after the commit
     testkit::eventually(
@@ -373,7 +373,7 @@ async fn changed_redelivery_and_take_over_timing_updates_the_consumer_in_place()
     let app = projection::start(&cfg, projection::default_views())
         .await
         .expect("timing changes are not a mismatch");
-    let js = async_nats::jetstream::new(app.client.clone());
+    let js = async_nats::jetstream::new(app.core.client.clone());
     let stream = js.get_stream(shared::STREAM_NAME).await.expect("stream");
     let info = stream
         .consumer_info("view-accounts-v1")

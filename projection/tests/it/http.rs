@@ -172,7 +172,7 @@ async fn client_errors_are_problems_of_the_right_class() {
     .await;
     let (status, _) = p.get("/healthz").await;
     assert_eq!(status, 200);
-    let metrics = p.app.metrics.render();
+    let metrics = p.app.core.metrics.render();
     assert!(metrics.contains("projection_events_applied"), "{metrics}");
     p.stop().await;
 }

@@ -309,6 +309,7 @@ async fn feeds_are_limited_refuse_bad_input_and_leave_nothing_behind() {
     // every feed noticed its client gone: the gauge is back to 0 (a change wakes them all)
     let gauge = || {
         p.app
+            .core
             .metrics
             .render()
             .lines()
@@ -329,7 +330,7 @@ async fn feeds_are_limited_refuse_bad_input_and_leave_nothing_behind() {
         })
     });
     // no consumer but the views' own durables, no subscription but the instances' own
-    let js = async_nats::jetstream::new(p.app.client.clone());
+    let js = async_nats::jetstream::new(p.app.core.client.clone());
     let mut stream = js.get_stream(shared::STREAM_NAME).await.expect("stream");
     let info = stream.info().await.expect("info");
     assert_eq!(info.state.consumer_count, 2, "{info:?}");

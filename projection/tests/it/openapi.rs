@@ -19,7 +19,7 @@ async fn every_route_answers_its_documented_schema() {
     )
     .await;
     // two accounts, one with a parked event (and one parked behind it)
-    let (garbage, _, last) = publish_poison_scenario(&p.app.client, "p1", "p2").await;
+    let (garbage, _, last) = publish_poison_scenario(&p.app.core.client, "p1", "p2").await;
     for view in ["accounts", "tenant-summary"] {
         p.caught_up(view, last, Duration::from_secs(30)).await;
     }

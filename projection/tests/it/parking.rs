@@ -14,7 +14,7 @@ const P2: &str = "tenant.acme.aggregate.account.p2";
 async fn a_poison_event_parks_its_aggregate_until_skipped_and_retried() {
     let server = NatsServer::start();
     let p = projection(&server).await;
-    let c = &p.app.client;
+    let c = &p.app.core.client;
     let (garbage, behind, last) = publish_poison_scenario(c, "p1", "p2").await;
     p.caught_up("accounts", last, Duration::from_secs(30)).await;
 
@@ -103,7 +103,7 @@ async fn a_poison_event_parks_its_aggregate_until_skipped_and_retried() {
 async fn a_version_gap_is_parked_for_accounts() {
     let server = NatsServer::start();
     let p = projection(&server).await;
-    let c = &p.app.client;
+    let c = &p.app.core.client;
     publish_raw(
         c,
         P1,
@@ -152,7 +152,7 @@ async fn a_document_over_the_bucket_limit_is_parked_at_once_and_holds_back_only_
         )
     };
     let p = projection(&server).await;
-    let client = p.app.client.clone();
+    let client = p.app.core.client.clone();
     let first = publish_raw(&client, P2, open("acme", "p2", "B")).await;
     p.caught_up("accounts", first, Duration::from_secs(30))
         .await;

@@ -111,7 +111,7 @@ async fn a_rebuild_switches_to_a_fresh_generation_without_failing_a_query() {
         assert_eq!(b["document"]["version"], json!(loaded.version.get()));
     }
     // the old generation is gone, the new one is there
-    let client = &p.app.client;
+    let client = &p.app.core.client;
     assert!(bucket_exists(client, "VIEW_accounts_v1_g1").await);
     testkit::eventually(
         "the old generation's bucket is removed",

@@ -60,7 +60,7 @@ async fn fifty_thousand_accounts_of_one_tenant_fold_into_a_summary_of_constant_s
         vec![Arc::new(projection::views::TenantSummary)],
     )
     .await;
-    let client = p.app.client.clone();
+    let client = p.app.core.client.clone();
 
     let early = open_accounts(&client, 0..100).await;
     p.caught_up("tenant-summary", early, Duration::from_secs(30))

@@ -65,7 +65,7 @@ async fn a_stalled_view_shows_its_cause_and_recovers_while_the_others_keep_movin
         projection::default_views(),
     )
     .await;
-    let c = p.app.client.clone();
+    let c = p.app.core.client.clone();
     let open = |id: &str| {
         envelope(
             "acme",
@@ -119,7 +119,7 @@ async fn a_stalled_view_shows_its_cause_and_recovers_while_the_others_keep_movin
     assert!(v["lag_seconds"].as_f64().is_some_and(|s| s > 0.0), "{v}");
     assert!(v["stalled_since"].is_string(), "{v}");
     assert_eq!(view(&last, "tenant-summary")["state"], "running", "{last}");
-    let metrics = p.app.metrics.render();
+    let metrics = p.app.core.metrics.render();
     assert_eq!(
         gauge(&metrics, "view_stalled", "accounts"),
         Some(1.0),
@@ -154,7 +154,7 @@ async fn a_stalled_view_shows_its_cause_and_recovers_while_the_others_keep_movin
     let last = wait_for_state(&p, "accounts", "running").await;
     assert!(view(&last, "accounts")["cause"].is_null(), "{last}");
     logged(&logs, &["INFO", "view moving again", "view=accounts"]);
-    let metrics = p.app.metrics.render();
+    let metrics = p.app.core.metrics.render();
     assert_eq!(
         gauge(&metrics, "view_stalled", "accounts"),
         Some(0.0),

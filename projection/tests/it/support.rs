@@ -66,7 +66,7 @@ impl Instance {
     }
 
     pub(crate) fn counter(&self, name: &str, view: &str) -> u64 {
-        counter(&self.app.metrics.render(), name, view)
+        counter(&self.app.core.metrics.render(), name, view)
     }
 
     pub(crate) async fn get(&self, uri: &str) -> (StatusCode, Value) {

@@ -69,7 +69,7 @@ async fn a_batch_slower_than_ack_wait_is_not_redelivered_while_it_is_applied() {
     let server = NatsServer::start();
     // the stream and the events first, so that they arrive as one large batch
     let boot = projection_with(&server, &[], vec![]).await;
-    let client = boot.app.client.clone();
+    let client = boot.app.core.client.clone();
     boot.stop().await;
     let mut last = 0;
     for i in 0..100 {
@@ -109,7 +109,7 @@ async fn after_a_storage_outage_everything_applies_in_order_without_a_redelivery
         vec![Arc::new(projection::views::Accounts)],
     )
     .await;
-    let c = p.app.client.clone();
+    let c = p.app.core.client.clone();
     let open = |id: &str| {
         envelope(
             "acme",
@@ -187,7 +187,7 @@ async fn after_a_storage_outage_everything_applies_in_order_without_a_redelivery
 async fn transiently_parked_events_are_released_in_order_in_the_background() {
     let server = NatsServer::start();
     let boot = projection_with(&server, &[], vec![Arc::new(projection::views::Accounts)]).await;
-    let client = boot.app.client.clone();
+    let client = boot.app.core.client.clone();
     let parked_bucket = boot.view("accounts").parked.clone();
     boot.stop().await;
 

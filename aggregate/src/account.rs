@@ -5,7 +5,7 @@
 //! `open` only once.
 
 use serde::{Deserialize, Serialize};
-use shared::AggregateType;
+use shared::{AggregateAddress, AggregateType, IdError};
 
 use crate::domain::{Aggregate, DomainError, Snapshotting};
 
@@ -146,6 +146,18 @@ pub struct Account;
 impl Account {
     /// The type name.
     pub const TYPE: &'static str = "account";
+
+    /// The address of account `id` of `tenant`.
+    ///
+    /// # Errors
+    /// `tenant` or `id` breaks the id rule.
+    pub fn address(tenant: &str, id: &str) -> Result<AggregateAddress, IdError> {
+        Ok(AggregateAddress::new(
+            tenant.parse()?,
+            Account.aggregate_type(),
+            id.parse()?,
+        ))
+    }
 }
 
 impl Snapshotting for Account {

@@ -54,6 +54,20 @@ pub struct CommandRequest {
     pub metadata: Metadata,
 }
 
+impl CommandRequest {
+    /// A command of `command_type` with `payload`: no command id (one is generated), no
+    /// expected version, no metadata.
+    pub fn new(command_type: impl Into<String>, payload: Value) -> Self {
+        CommandRequest {
+            command_id: None,
+            command_type: command_type.into(),
+            payload,
+            expected_version: None,
+            metadata: Metadata::new(),
+        }
+    }
+}
+
 /// What a command did.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Outcome {
@@ -773,13 +787,7 @@ mod tests {
     use serde_json::json;
 
     fn req(payload: Value) -> CommandRequest {
-        CommandRequest {
-            command_id: None,
-            command_type: "deposit".into(),
-            payload,
-            expected_version: None,
-            metadata: Metadata::new(),
-        }
+        CommandRequest::new("deposit", payload)
     }
 
     #[test]

@@ -8,7 +8,7 @@ use aggregate::runtime::{CommandRequest, Outcome};
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use shared::{AggregateAddress, AggregateType, Metadata};
+use shared::{AggregateAddress, AggregateType};
 use testkit::NatsServer;
 
 pub(crate) fn config(server: &NatsServer, extra: &[&str]) -> aggregate::Config {
@@ -49,21 +49,11 @@ pub(crate) async fn instance(server: &NatsServer) -> aggregate::App {
 }
 
 pub(crate) fn account(tenant: &str, id: &str) -> AggregateAddress {
-    AggregateAddress::new(
-        tenant.parse().expect("tenant"),
-        "account".parse().expect("type"),
-        id.parse().expect("id"),
-    )
+    aggregate::account::Account::address(tenant, id).expect("valid ids")
 }
 
 pub(crate) fn cmd(t: &str, payload: Value) -> CommandRequest {
-    CommandRequest {
-        command_id: None,
-        command_type: t.to_owned(),
-        payload,
-        expected_version: None,
-        metadata: Metadata::new(),
-    }
+    CommandRequest::new(t, payload)
 }
 
 pub(crate) fn open() -> CommandRequest {

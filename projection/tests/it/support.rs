@@ -10,7 +10,7 @@ use clap::Parser;
 use http_body_util::BodyExt;
 use projection::view::View;
 use serde_json::{Value, json};
-use shared::{AggregateAddress, Metadata};
+use shared::AggregateAddress;
 use testkit::NatsServer;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -183,21 +183,11 @@ pub(crate) async fn aggregate(server: &NatsServer) -> aggregate::App {
 }
 
 pub(crate) fn account(tenant: &str, id: &str) -> AggregateAddress {
-    AggregateAddress::new(
-        tenant.parse().expect("tenant"),
-        "account".parse().expect("type"),
-        id.parse().expect("id"),
-    )
+    aggregate::account::Account::address(tenant, id).expect("valid ids")
 }
 
 pub(crate) fn cmd(t: &str, payload: Value) -> CommandRequest {
-    CommandRequest {
-        command_id: None,
-        command_type: t.to_owned(),
-        payload,
-        expected_version: None,
-        metadata: Metadata::new(),
-    }
+    CommandRequest::new(t, payload)
 }
 
 pub(crate) async fn send(

@@ -231,7 +231,7 @@ pub(crate) async fn state(
     responses(
         (status = 200, description = "Events with their stream positions; with `follow=true` a live feed of Server-Sent Events, each `id:` = the stream position and `data:` = `{\"position\": n, \"event\": Event}`, heartbeat comments, an `event: corrupt` for a stored message that is not an event", content(
             (AggregateEvents = "application/json"),
-            (String = "text/event-stream"),
+            (platform::openapi::ServerSentEvent = "text/event-stream"),
         )),
         (status = 400, description = "Invalid id or query", body = ProblemDetails, content_type = "application/problem+json"),
         CommonProblems,

@@ -271,7 +271,7 @@ pub struct TenantEventsQuery {
         TenantEventsQuery,
     ),
     responses(
-        (status = 200, description = "Server-Sent Events: `id:` = stream position, `data:` = `{\"position\": n, \"event\": Event}`; `event: notice` first when the start is older than the stream's first position; heartbeat comments; `event: corrupt` for a stored message that is not an event", content_type = "text/event-stream", body = String),
+        (status = 200, description = "Server-Sent Events: `id:` = stream position, `data:` = `{\"position\": n, \"event\": Event}`; `event: notice` first when the start is older than the stream's first position; heartbeat comments; `event: corrupt` for a stored message that is not an event", content_type = "text/event-stream", body = platform::openapi::ServerSentEvent),
         (status = 400, description = "Invalid tenant, type, position or Last-Event-ID; a position beyond the stream's end", body = platform::problem::ProblemDetails, content_type = "application/problem+json"),
         platform::openapi::CommonProblems,
     )

@@ -30,6 +30,21 @@ pub enum CommonProblems {
     Unavailable(ProblemDetails),
 }
 
+/// One event of a live feed (`text/event-stream`), as a client's parser hands it over: the
+/// schema of each event of a feed, not of the stream's bytes (heartbeat comments are not
+/// events). Each route says what its `data` holds.
+#[derive(utoipa::ToSchema)]
+pub struct ServerSentEvent {
+    /// The event's `id:`, a stream or view position (resume after it with `Last-Event-ID`).
+    pub id: Option<String>,
+    /// The event's `event:` type; absent for a plain update.
+    pub event: Option<String>,
+    /// The event's `data:`, one line of JSON.
+    pub data: String,
+    /// The event's `retry:` (reconnection delay in milliseconds), when given.
+    pub retry: Option<u64>,
+}
+
 /// Closes every object schema of the document that lists its properties and says nothing of
 /// others (`additionalProperties: false`): a response body has exactly the fields its type
 /// declares, so a client (and the conformance tests) can rely on it. An object that is open by

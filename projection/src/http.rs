@@ -140,7 +140,7 @@ pub(crate) struct ReadQuery {
     responses(
         (status = 200, description = "The document, its key and the stream position it reflects; with `follow=true` a live feed of Server-Sent Events: `data:` = the same body per version, `id:` = its position, `event: deleted` with `{key, position}` for a deletion, heartbeat comments", content(
             (ViewDocument = "application/json"),
-            (String = "text/event-stream"),
+            (platform::openapi::ServerSentEvent = "text/event-stream"),
         )),
         (status = 400, description = "Invalid id or query", body = ProblemDetails, content_type = "application/problem+json"),
         (status = 404, description = "Unknown view or no such document", body = ProblemDetails, content_type = "application/problem+json"),
@@ -220,7 +220,7 @@ pub(crate) struct ListQuery {
     responses(
         (status = 200, description = "A page of documents and the key to continue after; with `follow=true` a live feed of Server-Sent Events: one `data:` per document (`{key, document, position}`), `event: sync` (`id:` = the position the documents reflect), then each version an event produces (`id:` = its position on the event's last document), `event: deleted` for a deletion", content(
             (Page = "application/json"),
-            (String = "text/event-stream"),
+            (platform::openapi::ServerSentEvent = "text/event-stream"),
         )),
         (status = 400, description = "Invalid id or query", body = ProblemDetails, content_type = "application/problem+json"),
         (status = 404, description = "Unknown view", body = ProblemDetails, content_type = "application/problem+json"),

@@ -194,6 +194,13 @@ pub struct Runtime {
 }
 
 const STRIPES: usize = 4096;
+/// Pauses between reads of a tail that does not reach the version a command expects (see
+/// `Runtime::tail_for`): a lagging replica catches up within milliseconds.
+const LAGGING_REPLICA_PAUSES: [Duration; 3] = [
+    Duration::from_millis(5),
+    Duration::from_millis(25),
+    Duration::from_millis(100),
+];
 
 impl Runtime {
     /// Builds the runtime, creating the idempotency and snapshot buckets if needed.
@@ -361,10 +368,26 @@ impl Runtime {
             if let Some(expected) = request.expected_version
                 && expected != current.version
             {
-                return Err(CommandError::VersionConflict {
-                    expected,
-                    current: current.version,
-                });
+                // The state in hand may be behind the stream (a cache behind a write through
+                // another instance, a load answered by a replica that lags the leader): only
+                // the stream tells a stale expectation from a stale state.
+                let tail = self.tail_for(address, &current, expected).await?;
+                if let Some(found) = look_for.and_then(|id| outcome_of(&tail, id)) {
+                    if let (Some(id), Some(hash)) = (request.command_id, &hash) {
+                        self.record(key(id), hash, &found);
+                    }
+                    return Ok(found);
+                }
+                if !tail.is_empty() {
+                    current = advance(&*aggregate, &current, &tail)?;
+                    self.cache.insert(address.clone(), current.clone());
+                }
+                if expected != current.version {
+                    return Err(CommandError::VersionConflict {
+                        expected,
+                        current: current.version,
+                    });
+                }
             }
             let decided = aggregate.decide(
                 &current.state,
@@ -528,6 +551,29 @@ impl Runtime {
                 "command outcome not recorded; retries will scan the history"
             );
         });
+    }
+
+    /// The events after `current` when a command expects `expected`. A version the client
+    /// names beyond the stream's can only come from an acknowledgement (or a mistake): when the
+    /// tail does not reach it, a replica that lags the leader may have answered, so the read is
+    /// repeated a few times (any replica may answer the next) before the state counts as current.
+    async fn tail_for(
+        &self,
+        address: &AggregateAddress,
+        current: &Loaded,
+        expected: Version,
+    ) -> Result<Vec<Stored>, CommandError> {
+        let mut tail = self.store.read(address, current.last_seq + 1).await?;
+        for pause in LAGGING_REPLICA_PAUSES {
+            let reached = tail.last().map_or(current.version, |s| s.event.version);
+            if expected <= reached {
+                break;
+            }
+            tokio::time::sleep(pause).await;
+            let from = tail.last().map_or(current.last_seq, |s| s.seq) + 1;
+            tail.extend(self.store.read(address, from).await?);
+        }
+        Ok(tail)
     }
 
     /// The aggregate's current state (cache or snapshot, plus the tail from the stream, so it

@@ -91,7 +91,24 @@ async fn killing_the_stream_leader_loses_and_duplicates_nothing() {
         total_acked += acked.len();
         total_unavailable += unavailable;
         let a = account("acme", &format!("w{w}"));
-        let stored = app.runtime.store().read(&a, 1).await.expect("read");
+        // A batch direct get is answered by any replica, and the restarted one may still lag
+        // the leader by the last few commits: read until the history holds every acknowledged
+        // command (a lost one never appears and fails here, naming how many are missing).
+        let stored = testkit::eventually(
+            format!("every acknowledged command of w{w} in the history"),
+            Duration::from_secs(30),
+            async || {
+                let stored = app.runtime.store().read(&a, 1).await.expect("read");
+                let seen: HashSet<CommandId> = stored.iter().map(|s| s.event.command_id).collect();
+                let missing = acked.iter().filter(|id| !seen.contains(id)).count();
+                if missing == 0 {
+                    Ok(stored)
+                } else {
+                    Err(missing)
+                }
+            },
+        )
+        .await;
         let versions: Vec<u64> = stored.iter().map(|s| s.event.version.get()).collect();
         assert_eq!(
             versions,

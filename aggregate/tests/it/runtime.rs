@@ -142,6 +142,45 @@ async fn a_stale_expected_version_is_a_conflict() {
     ));
 }
 
+/// Round robin behind the gateway: a client that saw version 3 through one instance sends
+/// `expected_version: 3` to another whose cached state is still at 2. That state is behind the
+/// stream, not the client: the command goes through, and only a really stale expectation is a
+/// conflict.
+#[tokio::test]
+async fn an_expected_version_newer_than_the_cached_state_is_checked_against_the_stream() {
+    let server = NatsServer::start();
+    let one = instance(&server).await;
+    let two = instance(&server).await;
+    let a = account("acme", "rr");
+    send(&one, &a, open()).await;
+    // `two` caches version 2, then `one` appends version 3 behind its back
+    assert_eq!(
+        send(&two, &a, cmd("deposit", json!({"amount": 1})))
+            .await
+            .version,
+        Version(2)
+    );
+    assert_eq!(
+        send(&one, &a, cmd("deposit", json!({"amount": 1})))
+            .await
+            .version,
+        Version(3)
+    );
+    let mut c = cmd("deposit", json!({"amount": 1}));
+    c.expected_version = Some(Version(3));
+    assert_eq!(send(&two, &a, c).await.version, Version(4));
+    // a stale expectation is still refused, with the stream's current version
+    let mut stale = cmd("deposit", json!({"amount": 1}));
+    stale.expected_version = Some(Version(3));
+    assert!(matches!(
+        one.runtime.handle(&a, stale).await,
+        Err(CommandError::VersionConflict {
+            expected: Version(3),
+            current: Version(4)
+        })
+    ));
+}
+
 fn ledger(id: &str) -> AggregateAddress {
     AggregateAddress::new(
         "acme".parse().expect("t"),

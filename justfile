@@ -38,9 +38,12 @@ fmt:
 clippy:
     cargo clippy --locked --workspace --all-targets --all-features -- -D warnings
 
-# run every test (nextest) and the doctests; the tests start their own nats-server
+# run every test (nextest) and the doctests; the tests start their own nats-server. The
+# end-to-end tests run the service binaries: built first, so that no test spends its time limit
+# compiling them
 [group('gate')]
 test:
+    cargo build --locked -p aggregate -p projection --bins
     cargo nextest run --workspace --all-features --profile {{nextest_profile}} --no-tests=fail
     cargo test --workspace --all-features --doc
 

@@ -258,6 +258,12 @@ pub async fn run<S: Service>(
     Ok(())
 }
 
+/// The largest request head (and read/write buffer) a connection holds: hyper's minimum.
+/// Larger, hyper grows each connection's read buffer to 16 KiB after the first request, which
+/// an open live feed keeps for its lifetime (measured with heaptrack). Tokens of several KiB
+/// still fit, as they do through the gateway (nginx's default header buffers are 8 KiB).
+pub const MAX_HTTP_BUFFER: usize = 8192;
+
 /// Serves `router` and the service's own tasks ([`Service::spawn`]) until `shutdown` is
 /// cancelled; then readiness goes false (`draining`), the listener stops accepting, and
 /// in-flight requests and the tasks (which watch the same `shutdown`) get `grace` to finish.
@@ -271,16 +277,9 @@ pub async fn serve<S: Service>(
 ) {
     let tasks = service.spawn(&shutdown);
     let client = service.core().client.clone();
-    let stop = shutdown.clone();
     let draining = service.core().draining.clone();
-    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
-        stop.cancelled().await;
-        draining.store(true, Ordering::Relaxed);
-    });
     let finished = crate::shutdown::drain_within(&shutdown, grace, async {
-        if let Err(e) = server.await {
-            tracing::error!(error = %e, "server error");
-        }
+        serve_connections(listener, router, &shutdown, &draining).await;
         for task in tasks {
             let _ = task.await;
         }
@@ -288,4 +287,49 @@ pub async fn serve<S: Service>(
     .await;
     let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
     tracing::info!(clean = finished, "service stopped");
+}
+
+/// Accepts connections (`TCP_NODELAY`: a live feed's small events go out at once) and serves
+/// each with hyper (HTTP/1.1, as before, buffers of [`MAX_HTTP_BUFFER`]) until `shutdown`;
+/// then stops accepting, asks every connection to finish its request in flight, and waits.
+/// Each connection shares the router through its `Arc` (serving a `Router` with `axum::serve`
+/// clones every route's boxed service per connection, ~19 KiB each).
+async fn serve_connections(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: &CancellationToken,
+    draining: &AtomicBool,
+) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let stream = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // e.g. out of file descriptors: wait for some to be released
+                    tracing::warn!(error = %e, "cannot accept a connection; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let conn = hyper::server::conn::http1::Builder::new()
+                .max_buf_size(MAX_HTTP_BUFFER)
+                .serve_connection(io, service);
+            if let Err(e) = watcher.watch(conn).await {
+                tracing::trace!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    draining.store(true, Ordering::Relaxed);
+    drop(listener);
+    graceful.shutdown().await;
 }

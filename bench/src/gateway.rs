@@ -107,11 +107,15 @@ pub(crate) async fn gateway(sizes: &Sizes) -> anyhow::Result<Vec<Row>> {
         client.read("rt", p).await?;
     }
     let mut pairs = Samples::default();
+    // from the command's acknowledgement to the view's answer (the reference of the loaded row)
+    let mut idle_ryw = Samples::default();
     let started = Instant::now();
     for i in 0..sizes.gateway_round_trips {
         let t = Instant::now();
         let p = client.command("rt", &deposit).await?;
+        let acked = Instant::now();
         client.read("rt", p).await?;
+        idle_ryw.record(acked.elapsed());
         pairs.record(t.elapsed());
         if (i + 1) % 500 == 0 {
             progress(format_args!(
@@ -153,6 +157,7 @@ pub(crate) async fn gateway(sizes: &Sizes) -> anyhow::Result<Vec<Row>> {
         commands += t.await??;
     }
     let load_rate = commands as f64 / sizes.gateway_phase.as_secs_f64();
+    let ryw_row = ryw_under_load(&client, sizes, idle_ryw.percentiles_ms()).await?;
 
     let mut rows = vec![Row {
         target: Some(10.0),
@@ -188,11 +193,73 @@ pub(crate) async fn gateway(sizes: &Sizes) -> anyhow::Result<Vec<Row>> {
             )
         });
     }
+    rows.push(ryw_row);
     // live feeds on an idle stack, before the workload fills the caches
     rows.extend(crate::live::live(&stack, sizes.live_commands).await?);
     // after the memory figures, which it would change (100 000 accounts in the caches)
     rows.push(realistic(&stack, &client, sizes).await?);
     Ok(rows)
+}
+
+/// Read-your-writes while 64 writers load the stack: one prober sends a command and times from
+/// its acknowledgement to the `accounts` view answering with `min_position` (the server waits
+/// for the position), again and again for one gateway phase; the writers deposit on the
+/// `m<i>` accounts. `idle`: the same latency on the idle stack (p50/p99 ms), the reference.
+async fn ryw_under_load(
+    client: &Arc<Client>,
+    sizes: &Sizes,
+    idle: (f64, f64),
+) -> anyhow::Result<Row> {
+    const WRITERS: usize = 64;
+    let deposit = json!({"type": "deposit", "payload": {"amount": 1}});
+    let open = json!({"type": "open", "payload": {"owner": "Bench", "currency": "EUR"}});
+    client.command("ryw", &open).await?;
+    progress(format_args!(
+        "gateway: read-your-writes latency while {WRITERS} writers run for {:?}",
+        sizes.gateway_phase
+    ));
+    let deadline = Instant::now() + sizes.gateway_phase;
+    let accounts = sizes.gateway_accounts;
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let (client, deposit) = (client.clone(), deposit.clone());
+        writers.push(tokio::spawn(async move {
+            let mut n = 0usize;
+            while Instant::now() < deadline {
+                let account = format!("m{}", (w * 7919 + n) % accounts);
+                client.command(&account, &deposit).await?;
+                n += 1;
+            }
+            anyhow::Ok(n)
+        }));
+    }
+    let mut ryw = Samples::default();
+    let started = Instant::now();
+    while Instant::now() < deadline {
+        let p = client.command("ryw", &deposit).await?;
+        let acked = Instant::now();
+        client.read("ryw", p).await?;
+        ryw.record(acked.elapsed());
+    }
+    ryw.wall = started.elapsed();
+    let mut commands = 0;
+    for w in writers {
+        commands += w.await??;
+    }
+    let (p50, p99) = ryw.percentiles_ms();
+    Ok(Row::limit(
+        "read-your-writes under load: command acknowledged -> accounts view answers min_position (gateway)",
+        "ms p99",
+        p99,
+        50.0,
+        (p50, p99),
+        Some(idle),
+        &format!(
+            "{} probes while {WRITERS} writers sent {:.0} commands/s; reference = the same on the idle stack; target p99 < 50 ms (absolute)",
+            ryw.ops,
+            commands as f64 / sizes.gateway_phase.as_secs_f64()
+        ),
+    ))
 }
 
 /// The realistic workload (see `workload.rs`) through the gateway, against raw concurrent

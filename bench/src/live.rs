@@ -14,6 +14,7 @@ use futures::StreamExt as _;
 use serde_json::{Value, json};
 use testkit::sse::Feed;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 use crate::report::{Row, Samples};
 
@@ -27,10 +28,11 @@ fn progress(msg: impl std::fmt::Display) {
     eprintln!("[bench] {msg}");
 }
 
-/// Reads a feed, sending (position, arrival) of every event that has an `id:`.
-fn watch(mut feed: Feed) -> mpsc::UnboundedReceiver<(u64, Instant)> {
+/// Reads a feed, sending (position, arrival) of every event that has an `id:`; aborting the
+/// task closes the feed.
+fn watch(mut feed: Feed) -> (mpsc::UnboundedReceiver<(u64, Instant)>, JoinHandle<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         while let Some(e) = feed.next().await {
             if let Some(id) = e.id.as_deref().and_then(|i| i.parse().ok())
                 && tx.send((id, Instant::now())).is_err()
@@ -39,7 +41,47 @@ fn watch(mut feed: Feed) -> mpsc::UnboundedReceiver<(u64, Instant)> {
             }
         }
     });
-    rx
+    (rx, task)
+}
+
+/// The `*_sse_open_streams` gauge of one instance (its `/metrics`).
+async fn open_streams(http: &reqwest::Client, url: &str) -> anyhow::Result<i64> {
+    let text = http
+        .get(format!("{url}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    text.lines()
+        .find(|l| l.contains("_sse_open_streams") && !l.starts_with('#'))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("{url}/metrics has no sse_open_streams gauge"))
+}
+
+/// Waits until no instance holds an open feed: a feed notices its client gone when it next
+/// writes, so a command (which every latency feed would send on) wakes them first.
+async fn until_no_feed_is_open(
+    stack: &e2e::Stack,
+    http: &reqwest::Client,
+    token: &str,
+) -> anyhow::Result<()> {
+    let deposit = json!({"type": "deposit", "payload": {"amount": 1}});
+    command(http, &stack.gateway, token, &deposit).await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for (name, url) in &stack.services {
+        loop {
+            let open = open_streams(http, url).await?;
+            if open == 0 {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{name} still holds {open} feeds after the latency part ended"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(())
 }
 
 /// Latencies from each acknowledgement to the arrival of its position on `rx`, until the last
@@ -127,7 +169,7 @@ pub(crate) async fn live(stack: &e2e::Stack, commands: usize) -> anyhow::Result<
         .subscribe(format!("tenant.{TENANT}.aggregate.account.lat"))
         .await?;
     nats.flush().await?;
-    let (mut on_events, mut on_doc) = (watch(events), watch(doc));
+    let ((mut on_events, events_task), (mut on_doc, doc_task)) = (watch(events), watch(doc));
     // the plain subscriber sees no position: the n-th message is the n-th command's
     let (core_tx, mut on_core) = mpsc::unbounded_channel();
     tokio::spawn(async move {
@@ -156,6 +198,10 @@ pub(crate) async fn live(stack: &e2e::Stack, commands: usize) -> anyhow::Result<
     let mut to_events = latencies(&mut on_events, &acks, true).await?;
     let mut to_doc = latencies(&mut on_doc, &acks, false).await?;
     let mut to_core = latencies(&mut on_core, &acks_by_number, true).await?;
+    // the latency feeds hold slots of the 1 000 the memory part opens on one instance
+    events_task.abort();
+    doc_task.abort();
+    until_no_feed_is_open(stack, &http, &token).await?;
     let (c50, c99) = to_core.percentiles_ms();
     let (e50, e99) = to_events.percentiles_ms();
     let (d50, d99) = to_doc.percentiles_ms();

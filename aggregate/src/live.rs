@@ -20,9 +20,9 @@ use async_nats::jetstream;
 use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::response::sse::Event as SseEvent;
-use futures::StreamExt;
 use platform::problem::Problem;
 use platform::sse::{EndReason, FeedSender, Feeds};
+use platform::wakeup::Wakeups;
 use serde_json::{Value, json};
 use shared::STREAM_NAME;
 
@@ -34,6 +34,7 @@ pub struct Live {
     client: async_nats::Client,
     js: jetstream::Context,
     feeds: Feeds,
+    wakeups: Wakeups,
 }
 
 /// Where a feed starts and what it carries.
@@ -61,6 +62,7 @@ impl Live {
     ) -> Self {
         Self {
             js: jetstream::new(client.clone()),
+            wakeups: Wakeups::new(client.clone()),
             client,
             feeds: Feeds::new(args, metrics),
         }
@@ -105,6 +107,7 @@ impl Live {
             start = first;
         }
         let client = self.client.clone();
+        let wakeups = self.wakeups.clone();
         let poll = self.feeds.args().heartbeat();
         self.feeds
             .start(request.filter.clone(), move |out| async move {
@@ -114,6 +117,7 @@ impl Live {
                 }
                 Feed {
                     client,
+                    wakeups,
                     filter: request.filter,
                     next: start,
                     min_version: request.min_version,
@@ -132,6 +136,7 @@ impl Live {
 /// the service shuts down, or the client is too slow.
 struct Feed {
     client: async_nats::Client,
+    wakeups: Wakeups,
     filter: String,
     next: u64,
     min_version: u64,
@@ -145,8 +150,8 @@ impl Feed {
     async fn run(mut self) -> Result<(), EndReason> {
         // subscribe before the first read, so nothing appended after it goes unnoticed
         let mut wakeups = self
-            .client
-            .subscribe(self.filter.clone())
+            .wakeups
+            .subscribe(&self.filter)
             .await
             .map_err(|_| "cannot subscribe")?;
         // after a wake-up: the pauses left before looking again when a look found nothing
@@ -169,7 +174,7 @@ impl Feed {
             }
             // notifications that came during the read: look again (their messages may be
             // stored only now), then settle as after any wake-up
-            if platform::sse::drain(&mut wakeups) {
+            if wakeups.drain() {
                 settle = &platform::sse::SETTLE_AFTER_WAKEUP;
                 continue;
             }

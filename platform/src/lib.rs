@@ -27,3 +27,4 @@ pub mod service;
 pub mod shutdown;
 pub mod sse;
 pub mod telemetry;
+pub mod wakeup;

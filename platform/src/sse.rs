@@ -56,18 +56,6 @@ pub const SETTLE_AFTER_WAKEUP: [Duration; 5] = [
     Duration::from_secs(1),
 ];
 
-/// Takes every notification queued on `wakeups` without waiting; whether there was one. A feed
-/// drains after it has read (not before), so a notification that came during the read, for a
-/// message the read may have missed, makes it look again.
-pub fn drain(wakeups: &mut async_nats::Subscriber) -> bool {
-    use futures::StreamExt as _;
-    let mut any = false;
-    while let Some(Some(_)) = futures::FutureExt::now_or_never(wakeups.next()) {
-        any = true;
-    }
-    any
-}
-
 /// Why a feed ended (logged at INFO, never sent).
 pub type EndReason = &'static str;
 

@@ -25,9 +25,9 @@ use std::time::Duration;
 
 use axum::response::Response;
 use axum::response::sse::Event as SseEvent;
-use futures::StreamExt as _;
 use platform::problem::Problem;
 use platform::sse::{EndReason, FeedSender, Feeds, LiveArgs};
+use platform::wakeup::Wakeups;
 use serde_json::json;
 use shared::{EventEnvelope, STREAM_NAME, TenantId};
 
@@ -46,6 +46,7 @@ const APPLIED_POLL_MAX: Duration = Duration::from_millis(500);
 pub struct Live {
     client: async_nats::Client,
     feeds: Feeds,
+    wakeups: Wakeups,
 }
 
 /// The SSE event of one document version; `with_id`: carries the position as `id:`.
@@ -77,6 +78,7 @@ impl Live {
         metrics: &platform::metrics::Metrics,
     ) -> Self {
         Self {
+            wakeups: Wakeups::new(client.clone()),
             client,
             feeds: Feeds::new(args, metrics),
         }
@@ -98,7 +100,7 @@ impl Live {
     ) -> Result<Response, Problem> {
         let full = ViewRuntime::full_key(tenant.as_str(), &key);
         let feed = DocFeed {
-            client: self.client.clone(),
+            wakeups: self.wakeups.clone(),
             slot,
             full: full.clone(),
             key,
@@ -120,6 +122,7 @@ impl Live {
         let label = format!("view list {}.{tenant}", slot.current().view.name());
         let feed = ListFeed {
             client: self.client.clone(),
+            wakeups: self.wakeups.clone(),
             filter: shared::tenant_events_filter(&tenant, None),
             slot,
             tenant,
@@ -133,7 +136,7 @@ impl Live {
 
 /// One document's feed.
 struct DocFeed {
-    client: async_nats::Client,
+    wakeups: Wakeups,
     slot: Arc<ViewSlot>,
     full: String,
     key: String,
@@ -153,8 +156,8 @@ impl DocFeed {
                 bucket.clone_from(&rt.docs.name);
                 let subject = format!("{}{}", rt.docs.prefix, self.full);
                 wakeups = Some(
-                    self.client
-                        .subscribe(subject)
+                    self.wakeups
+                        .subscribe(&subject)
                         .await
                         .map_err(|_| "cannot subscribe")?,
                 );
@@ -164,7 +167,7 @@ impl DocFeed {
                 return Err("no subscription");
             };
             // a notification that came during the read may be for a write committed only now
-            let woke = platform::sse::drain(sub)
+            let woke = sub.drain()
                 || match out
                     .until(tokio::time::timeout(self.poll, sub.next()))
                     .await?
@@ -215,6 +218,7 @@ impl DocFeed {
 /// A tenant's list feed.
 struct ListFeed {
     client: async_nats::Client,
+    wakeups: Wakeups,
     slot: Arc<ViewSlot>,
     tenant: TenantId,
     filter: String,
@@ -227,8 +231,8 @@ impl ListFeed {
     async fn run(mut self, out: FeedSender, snapshot: bool) -> Result<(), EndReason> {
         // subscribe before the first read, so nothing appended after it goes unnoticed
         let mut wakeups = self
-            .client
-            .subscribe(self.filter.clone())
+            .wakeups
+            .subscribe(&self.filter)
             .await
             .map_err(|_| "cannot subscribe")?;
         if snapshot {
@@ -262,7 +266,7 @@ impl ListFeed {
                 }
             }
             // notifications that came during the read: look again at once
-            if platform::sse::drain(&mut wakeups) {
+            if wakeups.drain() {
                 settle = &platform::sse::SETTLE_AFTER_WAKEUP;
                 continue;
             }

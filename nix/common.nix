@@ -23,6 +23,9 @@
       lib.fileset.difference (lib.fileset.unions [
         (craneLib.fileset.commonCargoSources root)
         (lib.fileset.fileFilter (file: file.hasExt "json") ../shared/tests/fixtures)
+        # the example's golden event, and the README whose snippets its test checks
+        (lib.fileset.fileFilter (file: file.hasExt "json") ../examples/inventory/tests/fixtures)
+        ../README.md
         ../.config/nextest.toml
         ../deny.toml
         # the end-to-end tests start the stack through these

@@ -98,10 +98,27 @@ alive() {
   [[ $stat != Z* ]]
 }
 
-# Alive and still running the program we started under that name.
+# When a process started, in clock ticks since boot (/proc/PID/stat field 22); empty without
+# /proc. Tells a process from a later one that got the same pid.
+started_at() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 0
+  stat=${stat##*) }
+  # shellcheck disable=SC2086 # split into the fields after the command name
+  set -- $stat
+  printf '%s' "${20:-}"
+}
+
+# Alive and still the process we started under that name: the same start time (a pid is
+# recycled quickly when tests start stacks in parallel, often for the same program), else, with
+# no start time recorded, the same program.
 ours() {
-  local name=$1 pid=$2 args
+  local name=$1 pid=$2 args recorded
   alive "$pid" || return 1
+  if [[ -s $PIDS/$name.started ]]; then
+    recorded=$(<"$PIDS/$name.started")
+    [[ $(started_at "$pid") == "$recorded" ]] || return 1
+  fi
   args=$(ps -o args= -p "$pid" 2>/dev/null) || return 0 # no ps: trust the pid file
   [[ $args == *"$(program_of "$name")"* ]]
 }
@@ -146,6 +163,7 @@ spawn() {
     "$@" >>"$log" 2>&1 </dev/null &
   fi
   echo $! >"$PIDS/$name.pid"
+  started_at $! >"$PIDS/$name.started"
   STARTED+=("$name")
 }
 
@@ -154,7 +172,7 @@ stop_one() {
   local name=$1 pid i
   pid=$(pid_of "$name" || true)
   if [[ -z $pid ]]; then
-    rm -f "$PIDS/$name".{pid,check,prog,cmd}
+    rm -f "$PIDS/$name".{pid,check,prog,cmd,started}
     return 0
   fi
   if ! alive "$pid"; then
@@ -177,7 +195,7 @@ stop_one() {
       printf ' stopped\n' >&2
     fi
   fi
-  rm -f "$PIDS/$name".{pid,check,prog,cmd}
+  rm -f "$PIDS/$name".{pid,check,prog,cmd,started}
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -316,7 +334,7 @@ cmd_up() {
   # refuse when a previous `up` is still running
   local running=()
   for name in $(recorded_names); do
-    if ours "$name" "$(pid_of "$name")"; then running+=("$name"); else rm -f "$PIDS/$name".{pid,check,prog,cmd}; fi
+    if ours "$name" "$(pid_of "$name")"; then running+=("$name"); else rm -f "$PIDS/$name".{pid,check,prog,cmd,started}; fi
   done
   ((${#running[@]} == 0)) || die "the stack is already up (${running[*]} running, pid files in $PIDS); run '$0 down' first"
 

@@ -347,6 +347,28 @@ mod tests {
             agg.decide(&s, "deposit", json!({"amount": 1.5})),
             Err(DecideError::InvalidPayload { .. })
         ));
+        // the reason names the field by its path in the command body
+        let Err(DecideError::InvalidPayload { reason, .. }) =
+            agg.decide(&s, "open", json!({"owner": "Ada", "currency": ["EUR"]}))
+        else {
+            panic!("not an invalid payload")
+        };
+        assert!(
+            reason.starts_with("payload.currency: invalid type"),
+            "{reason}"
+        );
+        // an event of a type `account` does not know names its index
+        let err = agg
+            .apply_all(
+                &s,
+                &mut [
+                    ("deposited", &json!({"amount": 1})),
+                    ("teleported", &json!({})),
+                ]
+                .into_iter(),
+            )
+            .expect_err("unknown event type");
+        assert_eq!((err.index, err.event_type.as_str()), (1, "teleported"));
         assert!(matches!(
             agg.decide(&s, "deposit", json!({"amount": 5})),
             Err(DecideError::Domain {

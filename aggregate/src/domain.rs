@@ -15,8 +15,15 @@
 //! Snapshots are opt-in: a type whose state can be stored implements [`Snapshotting`] (one
 //! constant, its state-schema version) and is registered with [`snapshotted`]. Types that do
 //! not need nothing beyond [`Aggregate`].
+//!
+//! Stored events are never rewritten, so an event type whose shape changes gets a new name
+//! (`item_added` becomes `item_added_v2`) and its old name an upcaster in the type's
+//! [`History`], which reads old events into the current `Event`; an event type with no
+//! meaning any more can be ignored there. An event type the aggregate neither decodes nor
+//! upcasts nor ignores is a corrupt history.
 
 use std::any::Any;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -53,6 +60,130 @@ pub trait Aggregate: Send + Sync + 'static {
         state: &Self::State,
         command: Self::Command,
     ) -> Result<Vec<Self::Event>, Self::Error>;
+    /// How stored events of names `Event` no longer has are read: upcasters and ignored
+    /// types. Asked once per load; none by default.
+    fn history(&self) -> History<Self::Event> {
+        History::new()
+    }
+}
+
+/// Reads a stored event of an old shape into the current event type.
+type Upcaster<E> = Box<dyn Fn(&Value) -> Result<E, serde_json::Error>>;
+
+/// The event types an aggregate type no longer produces and how to read them: an upcaster from
+/// the old payload to the current event, or "ignore". An old name is looked up here before the
+/// current `Event` is tried, so it must not be a current event type's name.
+pub struct History<E> {
+    upcasters: HashMap<&'static str, Upcaster<E>>,
+    ignored: HashSet<&'static str>,
+}
+
+/// What [`History::read`] made of a stored event.
+#[derive(Debug, PartialEq)]
+pub enum Read<E> {
+    /// Upcast into the current event type.
+    Upcast(E),
+    /// Registered as ignored: not applied.
+    Ignored,
+    /// Not an old event type: decode it as a current one.
+    Current,
+}
+
+impl<E> Default for History<E> {
+    fn default() -> Self {
+        History {
+            upcasters: HashMap::new(),
+            ignored: HashSet::new(),
+        }
+    }
+}
+
+impl<E> History<E> {
+    /// No old event types.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Stored events of type `event_type` have payload `Old`; `upcast` makes the current
+    /// event from it. A payload that does not decode as `Old` is a corrupt history.
+    ///
+    /// # Panics
+    /// If `event_type` is registered twice (a programming error, found at the first load).
+    pub fn upcast<Old: DeserializeOwned>(
+        mut self,
+        event_type: &'static str,
+        upcast: impl Fn(Old) -> E + 'static,
+    ) -> Self {
+        self.register(event_type);
+        self.upcasters.insert(
+            event_type,
+            Box::new(move |payload| {
+                serde_path_to_error::deserialize(payload)
+                    .map(&upcast)
+                    .map_err(path_error)
+            }),
+        );
+        self
+    }
+
+    /// Stored events of type `event_type` are skipped when the state is rebuilt.
+    ///
+    /// # Panics
+    /// If `event_type` is registered twice.
+    pub fn ignore(mut self, event_type: &'static str) -> Self {
+        self.register(event_type);
+        self.ignored.insert(event_type);
+        self
+    }
+
+    fn register(&self, event_type: &'static str) {
+        assert!(
+            !self.upcasters.contains_key(event_type) && !self.ignored.contains(event_type),
+            "event type {event_type:?} is registered twice in the history"
+        );
+    }
+
+    /// Decodes one stored event as the runtime does when it loads: through its upcaster,
+    /// `None` if its type is ignored, otherwise as the current event type (adjacently tagged by
+    /// `event_type`). A view reading the same events uses it to fold old shapes alike.
+    ///
+    /// # Errors
+    /// An unknown event type, or a payload that does not fit, naming the field.
+    pub fn decode(&self, event_type: &str, payload: &Value) -> Result<Option<E>, serde_json::Error>
+    where
+        E: DeserializeOwned,
+    {
+        match self.read(event_type, payload)? {
+            Read::Upcast(event) => Ok(Some(event)),
+            Read::Ignored => Ok(None),
+            Read::Current => {
+                serde_path_to_error::deserialize(tagged("event_type", event_type, payload))
+                    .map(Some)
+                    .map_err(path_error)
+            }
+        }
+    }
+
+    /// Reads one stored event: upcast, ignored, or not an old type at all.
+    pub fn read(&self, event_type: &str, payload: &Value) -> Result<Read<E>, serde_json::Error> {
+        if let Some(upcast) = self.upcasters.get(event_type) {
+            return upcast(payload).map(Read::Upcast);
+        }
+        if self.ignored.contains(event_type) {
+            return Ok(Read::Ignored);
+        }
+        Ok(Read::Current)
+    }
+}
+
+/// serde's error with the path of the value it failed on (`items[0].sku: invalid type ...`).
+fn path_error(e: serde_path_to_error::Error<serde_json::Error>) -> serde_json::Error {
+    let path = e.path().to_string();
+    let inner = e.into_inner();
+    if path == "." {
+        return inner;
+    }
+    <serde_json::Error as serde::de::Error>::custom(format!("{path}: {inner}"))
 }
 
 /// An aggregate type whose state is snapshotted: its state can be stored and read back.
@@ -96,7 +227,7 @@ pub enum DecideError {
     InvalidPayload {
         /// Command type.
         command: String,
-        /// The decoder's explanation.
+        /// The decoder's explanation, naming the field (its path in the payload) it failed on.
         reason: String,
     },
     /// A domain rule refused the command.
@@ -113,6 +244,8 @@ pub enum DecideError {
 #[derive(Debug, thiserror::Error)]
 #[error("event type {event_type:?} cannot be applied: {reason}")]
 pub struct ApplyError {
+    /// The failing event's index among those given to [`DynAggregate::apply_all`].
+    pub index: usize,
     /// The event type found.
     pub event_type: String,
     /// Why.
@@ -123,6 +256,8 @@ pub struct ApplyError {
 pub trait DynAggregate: Send + Sync + 'static {
     /// Name.
     fn aggregate_type(&self) -> AggregateType;
+    /// The command types it accepts ([`Aggregate::command_types`]).
+    fn command_type_names(&self) -> &'static [&'static str];
     /// A fresh state.
     fn initial(&self) -> AnyState;
     /// Applies stored events to a copy of `state`.
@@ -153,6 +288,9 @@ pub trait DynAggregate: Send + Sync + 'static {
 impl<A: Snapshotting> DynAggregate for Snapshotted<A> {
     fn aggregate_type(&self) -> AggregateType {
         DynAggregate::aggregate_type(&self.0)
+    }
+    fn command_type_names(&self) -> &'static [&'static str] {
+        Aggregate::command_types(&self.0)
     }
     fn initial(&self) -> AnyState {
         self.0.initial()
@@ -210,6 +348,10 @@ impl<A: Aggregate> DynAggregate for A {
         Aggregate::aggregate_type(self)
     }
 
+    fn command_type_names(&self) -> &'static [&'static str] {
+        Aggregate::command_types(self)
+    }
+
     fn initial(&self) -> AnyState {
         Arc::new(A::State::default())
     }
@@ -223,13 +365,18 @@ impl<A: Aggregate> DynAggregate for A {
             .downcast_ref::<A::State>()
             .cloned()
             .unwrap_or_default();
-        for (event_type, payload) in events {
-            let event: A::Event = serde_json::from_value(tagged("event_type", event_type, payload))
+        let history = self.history();
+        for (index, (event_type, payload)) in events.enumerate() {
+            let read = history
+                .decode(event_type, payload)
                 .map_err(|e| ApplyError {
+                    index,
                     event_type: event_type.to_owned(),
                     reason: e.to_string(),
                 })?;
-            self.apply(&mut s, event);
+            if let Some(event) = read {
+                self.apply(&mut s, event);
+            }
         }
         Ok(Arc::new(s))
     }
@@ -252,11 +399,13 @@ impl<A: Aggregate> DynAggregate for A {
         } else {
             payload
         };
-        let command: A::Command = serde_json::from_value(tagged("type", command_type, &payload))
-            .map_err(|e| DecideError::InvalidPayload {
-                command: command_type.to_owned(),
-                reason: e.to_string(),
-            })?;
+        let command: A::Command =
+            serde_path_to_error::deserialize(tagged("type", command_type, &payload))
+                .map_err(path_error)
+                .map_err(|e| DecideError::InvalidPayload {
+                    command: command_type.to_owned(),
+                    reason: e.to_string(),
+                })?;
         let fallback = A::State::default();
         let s = state.downcast_ref::<A::State>().unwrap_or(&fallback);
         let events = A::decide(self, s, command).map_err(|e| DecideError::Domain {
@@ -283,5 +432,67 @@ impl<A: Aggregate> DynAggregate for A {
             .downcast_ref::<A::State>()
             .and_then(|s| serde_json::to_value(s).ok())
             .unwrap_or(Value::Null)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::Deserialize;
+    use serde_json::json;
+
+    use super::*;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    #[serde(tag = "event_type", content = "payload", rename_all = "snake_case")]
+    enum Ev {
+        Renamed { name: String, size: u32 },
+    }
+
+    #[derive(Deserialize)]
+    struct Old {
+        title: String,
+    }
+
+    fn history() -> History<Ev> {
+        History::new()
+            .upcast("named", |old: Old| Ev::Renamed {
+                name: old.title,
+                size: 0,
+            })
+            .ignore("pinged")
+    }
+
+    #[test]
+    fn an_old_type_is_upcast_an_ignored_one_skipped_others_left_to_the_current_type() {
+        let h = history();
+        assert_eq!(
+            h.read("named", &json!({"title": "x"})).expect("upcast"),
+            Read::Upcast(Ev::Renamed {
+                name: "x".to_owned(),
+                size: 0
+            })
+        );
+        assert_eq!(
+            h.read("pinged", &json!(null)).expect("ignored"),
+            Read::Ignored
+        );
+        assert_eq!(
+            h.read("renamed", &json!({})).expect("current"),
+            Read::Current
+        );
+    }
+
+    #[test]
+    fn an_old_payload_that_does_not_fit_names_the_field() {
+        let err = history()
+            .read("named", &json!({"title": 7}))
+            .expect_err("invalid");
+        assert!(err.to_string().starts_with("title: invalid type"), "{err}");
+    }
+
+    #[test]
+    #[should_panic(expected = "registered twice")]
+    fn a_type_registered_twice_is_a_programming_error() {
+        let _ = history().ignore("named");
     }
 }

@@ -142,6 +142,7 @@ fn address(
         (status = 415, description = "Body not JSON", body = ProblemDetails, content_type = "application/problem+json"),
         (status = 422, description = "Refused by a domain rule", body = ProblemDetails, content_type = "application/problem+json"),
         (status = 409, description = "Version conflict or command id reused", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 500, description = "The aggregate's stored history is invalid (`corrupt-history`; the detail names the stream sequence of the event)", body = ProblemDetails, content_type = "application/problem+json"),
         CommonProblems,
     )
 )]
@@ -197,6 +198,7 @@ pub(crate) async fn command(
         (status = 200, description = "State, version and stream position", body = AggregateState),
         (status = 400, description = "Invalid id", body = ProblemDetails, content_type = "application/problem+json"),
         (status = 404, description = "No events", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 500, description = "The aggregate's stored history is invalid (`corrupt-history`; the detail names the stream sequence of the event)", body = ProblemDetails, content_type = "application/problem+json"),
         CommonProblems,
     )
 )]
@@ -234,6 +236,7 @@ pub(crate) async fn state(
             (platform::openapi::ServerSentEvent = "text/event-stream"),
         )),
         (status = 400, description = "Invalid id or query", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 500, description = "A stored message is not a valid event (`corrupt-history`; the detail names its stream sequence)", body = ProblemDetails, content_type = "application/problem+json"),
         CommonProblems,
     )
 )]

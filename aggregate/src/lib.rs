@@ -2,6 +2,8 @@
 //! `AGGREGATE_EVENTS`, decides, and appends new events with optimistic concurrency and
 //! idempotency. Several instances may run against one JetStream cluster.
 //!
+//! - [`Service`]: the library API: a service of one's own aggregate types, built with
+//!   [`Service::builder`] and run; the shipped binary is [`shipped`] built the same way.
 //! - [`domain`]: the [`domain::Aggregate`] trait users implement.
 //! - [`account`]: the shipped `account` domain.
 //! - [`store`]: reading (batch direct get, ephemeral consumer) and appending (checked publish,
@@ -15,10 +17,16 @@ pub mod account;
 pub mod domain;
 pub mod http;
 pub mod live;
+mod loaded;
 pub mod openapi;
 pub mod runtime;
+mod service;
 pub mod snapshot;
 pub mod store;
+
+pub use domain::{Aggregate, DomainError, History, Snapshotting};
+pub use service::{BuildError, Service, ServiceBuilder};
+pub use shared::AggregateType;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,7 +36,7 @@ use axum::Router;
 use platform::auth::Authenticator;
 use platform::http::HttpSettings;
 use platform::metrics::Metrics;
-use platform::service::{Core, Service, ServiceArgs};
+use platform::service::{Core, ServiceArgs};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -94,9 +102,17 @@ impl Config {
     }
 }
 
-/// The aggregate types this binary serves (`account` with snapshots).
+/// The shipped domain: `account`, with snapshots. The `aggregate` binary runs it.
+pub fn shipped() -> ServiceBuilder {
+    Service::builder().snapshotted(account::Account)
+}
+
+/// The aggregate types of the shipped domain ([`shipped`]).
 pub fn default_aggregates() -> Vec<Arc<dyn DynAggregate>> {
-    vec![domain::snapshotted(account::Account)]
+    shipped()
+        .build()
+        .map(|s| s.aggregates().to_vec())
+        .unwrap_or_default()
 }
 
 /// Everything a running instance needs.
@@ -154,9 +170,12 @@ pub async fn start(config: &Config, aggregates: Vec<Arc<dyn DynAggregate>>) -> a
     })
 }
 
-impl Service for App {
+impl platform::service::Service for App {
     const NAME: &'static str = "aggregate";
-    type ApiDoc = openapi::ApiDoc;
+
+    fn openapi(&self) -> utoipa::openapi::OpenApi {
+        openapi::document(self.runtime.aggregates())
+    }
 
     fn core(&self) -> &Core {
         &self.core
@@ -179,13 +198,8 @@ pub fn app(app: &App, auth: Authenticator, http: HttpSettings) -> Router {
     platform::service::router(app, auth, http)
 }
 
-/// Runs the service until `shutdown` is cancelled, then drains within the grace period.
+/// Runs the shipped domain ([`shipped`]) until `shutdown` is cancelled, then drains within
+/// the grace period.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    platform::service::run(
-        config.http_addr,
-        &config.service,
-        start(&config, default_aggregates()),
-        shutdown,
-    )
-    .await
+    shipped().build()?.run_with(config, shutdown).await
 }

@@ -1,8 +1,13 @@
 //! The OpenAPI document of the aggregate service, generated from the handlers' annotations and
 //! the types they return, served at `/openapi.json`.
 
+use std::sync::Arc;
+
 use platform::openapi::{BearerAuth, ClosedObjects};
 use utoipa::OpenApi;
+use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Schema, Type};
+
+use crate::domain::DynAggregate;
 
 /// The document.
 #[derive(OpenApi)]
@@ -16,3 +21,34 @@ use utoipa::OpenApi;
     modifiers(&BearerAuth, &ClosedObjects)
 )]
 pub struct ApiDoc;
+
+/// The document of an instance serving `aggregates`: [`ApiDoc`] plus, per aggregate type, a
+/// schema `Commands.<type>` listing the command types its `POST .../commands` accepts.
+pub fn document<'a>(
+    aggregates: impl IntoIterator<Item = &'a Arc<dyn DynAggregate>>,
+) -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    let components = doc.components.get_or_insert_with(Default::default);
+    for aggregate in aggregates {
+        let ty = aggregate.aggregate_type();
+        let command_type = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(aggregate.command_type_names().iter().copied()));
+        let commands = ObjectBuilder::new()
+            .description(Some(format!(
+                "A command to an aggregate of type `{ty}`: the `type` and `payload` of `CommandBody`."
+            )))
+            .property("type", command_type)
+            .required("type")
+            .property(
+                "payload",
+                ObjectBuilder::new().description(Some("The command type's payload.")),
+            )
+            .additional_properties(Some(AdditionalProperties::FreeForm(false)));
+        components.schemas.insert(
+            format!("Commands.{ty}"),
+            Schema::Object(commands.build()).into(),
+        );
+    }
+    doc
+}

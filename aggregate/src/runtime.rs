@@ -15,7 +15,8 @@ use sha2::{Digest, Sha256};
 use shared::{AggregateAddress, AggregateType, CommandId, Event, EventId, Metadata, Version};
 use time::OffsetDateTime;
 
-use crate::domain::{AnyState, DecideError, DynAggregate};
+use crate::domain::{DecideError, DynAggregate};
+pub use crate::loaded::Loaded;
 use crate::snapshot::{DEFAULT_SNAPSHOT_EVERY, Ignored, Snapshots};
 use crate::store::{AppendError, EventStore, LoadError, Stored};
 
@@ -128,20 +129,6 @@ pub enum IdempotencyError {
     /// The record was created and removed again (expiry, purge) several times in a row.
     #[error("the record of {0} keeps appearing and disappearing")]
     Churn(String),
-}
-
-/// A loaded aggregate.
-#[derive(Clone)]
-pub struct Loaded {
-    /// State after its last event.
-    pub state: AnyState,
-    /// Number of events.
-    pub version: Version,
-    /// Stream sequence of the last event (0 if none).
-    pub last_seq: u64,
-    /// The version of the newest snapshot known to cover this aggregate (written or read by
-    /// this instance; 0 if none): the next one is due `snapshot_every` events after it.
-    pub snapshot_at: Version,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -266,6 +253,11 @@ impl Runtime {
     /// The event store.
     pub fn store(&self) -> &EventStore {
         &self.store
+    }
+
+    /// Every registered aggregate type.
+    pub fn aggregates(&self) -> impl Iterator<Item = &Arc<dyn DynAggregate>> {
+        self.aggregates.values()
     }
 
     /// The registered aggregate type, or an error.
@@ -761,10 +753,14 @@ fn advance(
                 .iter()
                 .map(|s| (s.event.event_type.as_str(), &s.event.payload)),
         )
-        .map_err(|e| LoadError::Corrupt {
-            seq: last.seq,
-            subject: last.event.address().subject(),
-            reason: e.to_string(),
+        .map_err(|e| {
+            // the event that failed, not the last one read
+            let failed = stored.get(e.index).unwrap_or(last);
+            LoadError::Corrupt {
+                seq: failed.seq,
+                subject: failed.event.address().subject(),
+                reason: e.to_string(),
+            }
         })?;
     Ok(Loaded {
         state,

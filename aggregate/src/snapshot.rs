@@ -18,7 +18,7 @@ use serde_json::Value;
 use shared::{AggregateAddress, Version};
 
 use crate::domain::DynAggregate;
-use crate::runtime::Loaded;
+use crate::loaded::Loaded;
 
 /// The KV bucket holding the newest snapshot of each aggregate that takes snapshots.
 pub const SNAPSHOTS_BUCKET: &str = "AGGREGATE_SNAPSHOTS";

@@ -6,8 +6,9 @@
 //! pipelined: what no KV-backed view can beat). Ours: both shipped views (`accounts`,
 //! `tenant-summary`) catching up over the backlog from a fresh deployment, a rebuild of each
 //! into a fresh generation, then live while as many events again are published. A second
-//! server holds a larger backlog for a rebuild by the `projection` binary whose peak RSS is
-//! measured.
+//! server runs four views in one service (the shipped two and two bench-only ones) against four
+//! KV sinks at once. A third holds a larger backlog for a rebuild by the `projection` binary
+//! whose peak RSS is measured.
 
 use std::time::{Duration, Instant};
 
@@ -121,6 +122,17 @@ async fn last_seq(js: &jetstream::Context) -> anyhow::Result<u64> {
     Ok(stream.info().await?.state.last_sequence)
 }
 
+/// Per view, the commits its live consumer loop made so far (`projection_view_commits`).
+fn commits(app: &projection::App, names: &[&str]) -> anyhow::Result<Vec<u64>> {
+    names
+        .iter()
+        .map(|name| {
+            let rt = app.views.get(*name).context("a view is missing")?.current();
+            Ok(rt.metrics.commits.get_or_create(&rt.labels).get())
+        })
+        .collect()
+}
+
 /// Waits until every view's checkpoint reaches `target`; returns, per view, the time from
 /// `started` at which it did.
 async fn caught_up(
@@ -179,6 +191,7 @@ fn speed_row(name: String, ours: f64, baseline: f64, target: Option<f64>, note: 
 /// The projection rows (see the module documentation).
 pub(crate) async fn projection(sizes: &Sizes) -> anyhow::Result<Vec<Row>> {
     let mut rows = views(sizes).await?;
+    rows.extend(four_views(sizes).await?);
     rows.extend(rebuild_memory(sizes).await?);
     Ok(rows)
 }
@@ -251,6 +264,7 @@ async fn views(sizes: &Sizes) -> anyhow::Result<Vec<Row>> {
     let started = Instant::now();
     let handles = app.spawn_projectors(&shutdown);
     let catch_up = caught_up(&app, &names, target, started, limit).await?;
+    let catch_up_commits = commits(&app, &names)?;
     progress(format_args!(
         "projection catch-up of a fresh deployment: accounts {:.1?}, tenant-summary {:.1?}",
         catch_up[0], catch_up[1]
@@ -266,8 +280,9 @@ async fn views(sizes: &Sizes) -> anyhow::Result<Vec<Row>> {
         let started = Instant::now();
         let mut done_at = None;
         let mut shown = Instant::now();
+        let claim = app.generations.claim(&*view).await?;
         app.generations
-            .rebuild(view, |p| {
+            .rebuild(view, claim, |p| {
                 if p.done >= p.total && done_at.is_none() {
                     done_at = Some(started.elapsed());
                 }
@@ -290,10 +305,16 @@ async fn views(sizes: &Sizes) -> anyhow::Result<Vec<Row>> {
     }
 
     // ours: live, both views running, as many events again published
+    let commits_before = commits(&app, &names)?;
     let started = Instant::now();
     source.publish(&raw, events).await?;
     let target = last_seq(js).await?;
     let live = caught_up(&app, &names, target, started, limit).await?;
+    let live_commits: Vec<u64> = commits(&app, &names)?
+        .iter()
+        .zip(&commits_before)
+        .map(|(after, before)| after - before)
+        .collect();
     progress(format_args!(
         "projection live: accounts {:.1?}, tenant-summary {:.1?}",
         live[0], live[1]
@@ -321,15 +342,18 @@ async fn views(sizes: &Sizes) -> anyhow::Result<Vec<Row>> {
              baseline = raw consume-and-ack",
         ));
     }
-    let per_view = |phase: &str, times: &[Duration], target: Option<f64>| {
+    let per_view = |phase: &str, times: &[Duration], commits: &[u64], target: Option<f64>| {
         let mut out = Vec::new();
-        for (name, t) in names.iter().zip(times) {
+        for ((name, t), n) in names.iter().zip(times).zip(commits) {
             out.push(speed_row(
                 format!("projection {phase}: {name} ({events} events, both views running)"),
                 events as f64 / t.as_secs_f64(),
                 best_sink,
                 target,
-                &format!("baseline = best KV sink ({best})"),
+                &format!(
+                    "{n} commits ({:.0} events per commit); baseline = best KV sink ({best})",
+                    events as f64 / (*n).max(1) as f64
+                ),
             ));
         }
         let slowest = times.iter().max().copied().unwrap_or_default();
@@ -344,8 +368,13 @@ async fn views(sizes: &Sizes) -> anyhow::Result<Vec<Row>> {
         ));
         out
     };
-    rows.extend(per_view("catch-up of a fresh deployment", &catch_up, None));
-    rows.extend(per_view("live", &live, Some(TARGET)));
+    rows.extend(per_view(
+        "catch-up of a fresh deployment",
+        &catch_up,
+        &catch_up_commits,
+        None,
+    ));
+    rows.extend(per_view("live", &live, &live_commits, Some(TARGET)));
     for (name, rate, took) in rebuilds {
         rows.push(speed_row(
             format!("projection rebuild: {name} ({events} events over {ACCOUNTS} accounts)"),
@@ -379,15 +408,16 @@ async fn rebuild_memory(sizes: &Sizes) -> anyhow::Result<Vec<Row>> {
     ));
     let started = Instant::now();
     let mut child = tokio::process::Command::new(&binary)
+        // the service's flags before the subcommand: they are not global
         .args([
-            "rebuild",
-            "--view",
-            "accounts",
             "--nats-url",
             &server.url(),
             "--insecure-no-auth",
             "--instance-id",
             "bench-rebuild",
+            "rebuild",
+            "--view",
+            "accounts",
         ])
         .stdout(std::process::Stdio::null())
         .spawn()
@@ -431,4 +461,135 @@ async fn rebuild_memory(sizes: &Sizes) -> anyhow::Result<Vec<Row>> {
             "whole process: connect, replay, pointer switch, 3 s grace before the old generation is removed",
         ),
     ])
+}
+
+/// A bench-only view counting events per document: `bench-events` keys them by account (one
+/// document per event, like `accounts` but another fold), `bench-types` by event type (few
+/// documents, each changed by many events of a batch).
+struct BenchCount {
+    name: &'static str,
+    key: fn(&shared::EventEnvelope) -> String,
+}
+
+const BENCH_VIEWS: [BenchCount; 2] = [
+    BenchCount {
+        name: "bench-events",
+        key: |env| env.aggregate_id.to_string(),
+    },
+    BenchCount {
+        name: "bench-types",
+        key: |env| format!("type.{}", env.event_type),
+    },
+];
+
+impl projection::view::View for BenchCount {
+    fn name(&self) -> shared::ViewName {
+        shared::ViewName::try_from(self.name).unwrap_or_else(|_| unreachable!())
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn events(&self) -> Vec<projection::view::EventSpec> {
+        projection::views::account_events()
+    }
+
+    fn key(&self, env: &shared::EventEnvelope) -> Option<String> {
+        Some((self.key)(env))
+    }
+
+    fn apply(
+        &self,
+        doc: Option<serde_json::Value>,
+        _: &shared::EventEnvelope,
+    ) -> Result<projection::view::Fold, projection::view::ViewError> {
+        let n = doc.as_ref().and_then(|d| d["count"].as_u64()).unwrap_or(0);
+        Ok(projection::view::Fold::Set(
+            serde_json::json!({ "count": n + 1 }),
+        ))
+    }
+}
+
+/// Four views on one stream (the two shipped ones and two bench-only ones) against four KV sinks
+/// running at once, on a nats-server of their own: the service's total applied rate, live.
+async fn four_views(sizes: &Sizes) -> anyhow::Result<Vec<Row>> {
+    let server = testkit::NatsServer::start();
+    let raw = Raw::connect(&server.url()).await?;
+    let js = &raw.js;
+    platform::nats::ensure_stream(js, &shared::StreamSpec::events(1)).await?;
+    let events = sizes.projection_events;
+    let mut source = EventSource::new(ACCOUNTS)?;
+    source.publish(&raw, events).await?;
+
+    // baseline: four pipelined sinks at once, on the same backlog
+    let mode = SinkMode {
+        in_flight: 1024,
+        pipelined: true,
+    };
+    let labels: Vec<String> = (0..4).map(|i| format!("F{i}")).collect();
+    let sinks =
+        futures::future::try_join_all(labels.iter().map(|l| sink::run(js, l, mode))).await?;
+    let sinks_total: f64 = sinks.iter().sum();
+    progress(format_args!(
+        "projection, 4 views: four KV sinks at once {sinks_total:.0}/s in total ({})",
+        sinks
+            .iter()
+            .map(|r| format!("{r:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+
+    let config = projection::Config::parse_from([
+        "bench",
+        "--nats-url",
+        &server.url(),
+        "--insecure-no-auth",
+        "--instance-id",
+        "bench-4",
+    ]);
+    let mut views = projection::default_views();
+    for view in BENCH_VIEWS {
+        views.push(std::sync::Arc::new(view));
+    }
+    let names = ["accounts", "tenant-summary", "bench-events", "bench-types"];
+    let mut app = projection::start(&config, views)
+        .await
+        .context("starting the projection library with four views")?;
+    let limit = Duration::from_secs(300);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let handles = app.spawn_projectors(&shutdown);
+    let target = last_seq(js).await?;
+    caught_up(&app, &names, target, Instant::now(), limit).await?;
+
+    let started = Instant::now();
+    source.publish(&raw, events).await?;
+    let target = last_seq(js).await?;
+    let live = caught_up(&app, &names, target, started, limit).await?;
+    let slowest = live.iter().max().copied().unwrap_or_default();
+    let total = (names.len() * events) as f64 / slowest.as_secs_f64();
+    progress(format_args!(
+        "projection, 4 views live: {total:.0} applied events/s in total ({})",
+        names
+            .iter()
+            .zip(&live)
+            .map(|(n, t)| format!("{n} {t:.1?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    shutdown.cancel();
+    for h in handles {
+        let _ = tokio::time::timeout(Duration::from_secs(5), h).await;
+    }
+    drop(app);
+    drop(server);
+    Ok(vec![speed_row(
+        format!("projection live, 4 views on one stream: total applied ({events} events each)"),
+        total,
+        sinks_total,
+        Some(TARGET),
+        "accounts, tenant-summary and two bench-only views (per-account count, per-type count) \
+         in one service; 4 x events / time until all caught up; baseline = four pipelined KV \
+         sinks (W=1024) running at once on the same backlog, their rates summed",
+    )])
 }

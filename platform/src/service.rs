@@ -106,8 +106,9 @@ impl Core {
 pub trait Service {
     /// The service's name: in the health route's answer and the "serving" log line.
     const NAME: &'static str;
-    /// The OpenAPI document of its routes, served at `/openapi.json`.
-    type ApiDoc: utoipa::OpenApi;
+    /// The OpenAPI document of its routes, served at `/openapi.json` (a method, not a type:
+    /// the document lists what the instance was built with, e.g. its aggregate types).
+    fn openapi(&self) -> utoipa::openapi::OpenApi;
     /// What every running service has.
     fn core(&self) -> &Core;
     /// Its own routes; the skeleton adds `GET /v1/admin/health` and requires auth on all.
@@ -222,9 +223,7 @@ pub fn router<S: Service>(service: &S, auth: Authenticator, http: HttpSettings) 
             Arc::new(readiness),
             core.metrics.clone(),
         ))
-        .merge(crate::openapi::route(
-            &<S::ApiDoc as utoipa::OpenApi>::openapi(),
-        ));
+        .merge(crate::openapi::route(&service.openapi()));
     crate::http::finish(router, http, core.metrics.clone())
 }
 

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use crate::engine::{RebuildProgress, RetryReport, ViewRuntime, ViewStatus};
 use crate::live::Live;
-use crate::rebuild::{Generations, RebuildState, RebuildStatus, ViewSlot};
+use crate::rebuild::{Generations, RebuildError, RebuildState, RebuildStatus, ViewSlot};
 use crate::store::{self, Page, ParkedRecord, StoreError, ViewDocument};
 
 /// The views served, by name.
@@ -434,7 +434,7 @@ pub struct RebuildStarted {
     responses(
         (status = 202, description = "Started", body = RebuildStarted),
         (status = 404, description = "Unknown view", body = ProblemDetails, content_type = "application/problem+json"),
-        (status = 409, description = "A rebuild of this view is already running here", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 409, description = "A rebuild of this view is already running (on this instance or another)", body = ProblemDetails, content_type = "application/problem+json"),
         CommonProblems,
     )
 )]
@@ -443,27 +443,37 @@ pub(crate) async fn start_rebuild(
     Path(view): Path<String>,
 ) -> Result<Response, Problem> {
     let slot = s.slot(&view)?.clone();
+    let target = slot.current().view.clone();
+    {
+        let status = slot.rebuild.lock().map_err(|_| Problem::internal())?;
+        if status.state == RebuildState::Running {
+            return Err(rebuild_running(&view, "this instance"));
+        }
+    }
+    let claim = match s.generations.claim(&*target).await {
+        Ok(claim) => claim,
+        Err(RebuildError::Running { instance, .. }) => {
+            return Err(rebuild_running(&view, &format!("instance {instance}")));
+        }
+        Err(RebuildError::Store(e)) => return Err(unavailable(&e)),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot claim a rebuild");
+            return Err(Problem::internal());
+        }
+    };
     {
         let mut status = slot.rebuild.lock().map_err(|_| Problem::internal())?;
-        if status.state == RebuildState::Running {
-            return Err(Problem::new(
-                StatusCode::CONFLICT,
-                "rebuild-running",
-                "A rebuild is already running",
-            )
-            .detail(format!("view {view} is being rebuilt by this instance")));
-        }
         *status = RebuildStatus {
             state: RebuildState::Running,
+            generation: Some(claim.generation()),
             ..RebuildStatus::default()
         };
     }
     let generations = s.generations.clone();
-    let target = slot.current().view.clone();
     let tracker = slot.clone();
     tokio::spawn(async move {
         let result = generations
-            .rebuild(target, |p| {
+            .rebuild(target, claim, |p| {
                 if let Ok(mut st) = tracker.rebuild.lock() {
                     st.done = p.done;
                     st.total = p.total;
@@ -493,6 +503,16 @@ pub(crate) async fn start_rebuild(
         }),
     )
         .into_response())
+}
+
+/// 409 `rebuild-running`: `by` (this instance, or another one) is rebuilding `view`.
+fn rebuild_running(view: &str, by: &str) -> Problem {
+    Problem::new(
+        StatusCode::CONFLICT,
+        "rebuild-running",
+        "A rebuild is already running",
+    )
+    .detail(format!("view {view} is being rebuilt by {by}"))
 }
 
 /// The answer to `GET .../rebuild`.

@@ -2,7 +2,10 @@
 //! version) and serves them over HTTP. Several instances may run: per view exactly one is
 //! active (the pinned client of the view's durable consumer), the others are hot standby.
 //!
-//! - [`view`]: the [`view::View`] trait users implement.
+//! - [`Service`]: the library API: a service of one's own views, built with
+//!   [`Service::builder`] and run; the shipped binary is [`shipped`] built the same way.
+//! - [`view`]: the [`view::View`] trait users implement; [`TypedView`] for a view of one
+//!   document per event over typed events and documents.
 //! - [`views`]: the shipped `accounts` and `tenant-summary` views.
 //! - [`engine`]: consumers, batches, compare-and-set writes, checkpoint, parking.
 //! - [`store`]: bucket layout and reads.
@@ -15,9 +18,16 @@ pub mod live;
 pub mod metrics;
 pub mod openapi;
 pub mod rebuild;
+mod service;
 pub mod store;
+mod typed;
 pub mod view;
 pub mod views;
+
+pub use service::{BuildError, Service, ServiceBuilder};
+pub use shared::{EventEnvelope, ViewName};
+pub use typed::TypedView;
+pub use view::{Docs, EventSpec, Fold, Folded, View, ViewError};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -30,7 +40,7 @@ use axum::Router;
 use platform::auth::Authenticator;
 use platform::http::{HttpSettings, Readiness};
 use platform::metrics::Metrics;
-use platform::service::{Connected, Core, Service, ServiceArgs};
+use platform::service::{Connected, Core, ServiceArgs};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -38,7 +48,6 @@ use crate::engine::{ConsumerSettings, Projector};
 use crate::http::ViewMap;
 use crate::metrics::ViewMetrics;
 use crate::rebuild::{Generations, ViewSlot};
-use crate::view::View;
 
 /// Service configuration, from flags or environment. Every default is the documented
 /// development value.
@@ -108,6 +117,16 @@ pub enum Command {
 }
 
 impl Config {
+    /// Parses flags (without the program name), with the environment as fallback.
+    ///
+    /// # Panics
+    /// On invalid flags (meant for tests and tools; `main` uses `clap::Parser::parse`).
+    pub fn parse_from_args(args: &[&str]) -> Self {
+        <Self as clap::Parser>::parse_from(
+            std::iter::once("projection").chain(args.iter().copied()),
+        )
+    }
+
     /// The consumer settings.
     pub fn consumer(&self) -> ConsumerSettings {
         let priority_timeout = Duration::from_millis(self.priority_timeout_ms);
@@ -127,9 +146,19 @@ impl Config {
     }
 }
 
-/// The views this binary serves.
+/// The shipped views: `accounts` and `tenant-summary`. The `projection` binary runs them.
+pub fn shipped() -> ServiceBuilder {
+    Service::builder()
+        .view(views::Accounts)
+        .view(views::TenantSummary)
+}
+
+/// The views of the shipped domain ([`shipped`]).
 pub fn default_views() -> Vec<Arc<dyn View>> {
-    vec![Arc::new(views::Accounts), Arc::new(views::TenantSummary)]
+    shipped()
+        .build()
+        .map(|s| s.views().to_vec())
+        .unwrap_or_default()
 }
 
 /// Everything a running instance needs.
@@ -163,9 +192,12 @@ impl App {
     }
 }
 
-impl Service for App {
+impl platform::service::Service for App {
     const NAME: &'static str = "projection";
-    type ApiDoc = openapi::ApiDoc;
+
+    fn openapi(&self) -> utoipa::openapi::OpenApi {
+        <openapi::ApiDoc as utoipa::OpenApi>::openapi()
+    }
 
     fn core(&self) -> &Core {
         &self.core
@@ -271,17 +303,25 @@ pub fn app(app: &App, auth: Authenticator, http: HttpSettings) -> Router {
     platform::service::router(app, auth, http)
 }
 
-/// `projection rebuild --view NAME`: rebuilds one view with a progress bar on stderr (and a
-/// log line every few seconds when stderr is not a terminal). Returns the new generation.
+/// `projection rebuild --view NAME` of the shipped views ([`rebuild_view`]).
 pub async fn rebuild_cli(config: &Config, view_name: &str) -> anyhow::Result<u32> {
-    let view = default_views()
-        .into_iter()
+    shipped().build()?.rebuild(config, view_name).await
+}
+
+/// `rebuild --view NAME`: rebuilds view `view_name` of `views` with a progress bar on stderr
+/// (and a log line every few seconds when stderr is not a terminal). Returns the new
+/// generation.
+pub async fn rebuild_view(
+    config: &Config,
+    views: &[Arc<dyn View>],
+    view_name: &str,
+) -> anyhow::Result<u32> {
+    let view = views
+        .iter()
         .find(|v| v.name().as_str() == view_name)
+        .cloned()
         .ok_or_else(|| {
-            let names: Vec<String> = default_views()
-                .iter()
-                .map(|v| v.name().to_string())
-                .collect();
+            let names: Vec<String> = views.iter().map(|v| v.name().to_string()).collect();
             anyhow::anyhow!("no view named {view_name:?}; views: {}", names.join(", "))
         })?;
     let instance = config.service.instance();
@@ -306,8 +346,9 @@ pub async fn rebuild_cli(config: &Config, view_name: &str) -> anyhow::Result<u32
     );
     bar.set_message(format!("rebuilding {view_name}"));
     let mut last_log = std::time::Instant::now();
+    let claim = generations.claim(&*view).await?;
     let generation = generations
-        .rebuild(view, |p| {
+        .rebuild(view, claim, |p| {
             bar.set_length(p.total);
             bar.set_position(p.done);
             if bar.is_hidden() && last_log.elapsed() > Duration::from_secs(2) {
@@ -327,13 +368,8 @@ pub async fn rebuild_cli(config: &Config, view_name: &str) -> anyhow::Result<u32
     Ok(generation)
 }
 
-/// Runs the service until `shutdown` is cancelled, then drains within the grace period.
+/// Serves the shipped views ([`shipped`]) until `shutdown` is cancelled, then drains within
+/// the grace period.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    platform::service::run(
-        config.http_addr,
-        &config.service,
-        start(&config, default_views()),
-        shutdown,
-    )
-    .await
+    shipped().build()?.run_with(config, shutdown).await
 }

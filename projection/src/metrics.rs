@@ -28,6 +28,9 @@ pub struct ViewMetrics {
     pub duplicate: Family<ViewLabels, Counter>,
     /// Events parked in the dead-letter bucket.
     pub parked: Family<ViewLabels, Counter>,
+    /// Commits of the live consumer loop (documents and checkpoint, one atomic batch each):
+    /// `events_applied` per commit is the batch size the view actually runs at.
+    pub commits: Family<ViewLabels, Counter>,
     /// Messages not yet delivered to the view's consumer (`num_pending`).
     pub lag: Family<ViewLabels, Gauge>,
     /// Seconds between now and `occurred_at` of the last applied event.
@@ -52,6 +55,7 @@ impl ViewMetrics {
             skipped: Family::default(),
             duplicate: Family::default(),
             parked: Family::default(),
+            commits: Family::default(),
             lag: Family::default(),
             behind_seconds: Family::default(),
             position: Family::default(),
@@ -64,6 +68,11 @@ impl ViewMetrics {
             "events_applied",
             "Events applied to a view",
             m.applied.clone(),
+        );
+        metrics.register(
+            "view_commits",
+            "Atomic commits (documents and checkpoint) of a view's live consumer loop",
+            m.commits.clone(),
         );
         metrics.register(
             "events_skipped",

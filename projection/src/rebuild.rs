@@ -24,6 +24,9 @@ use tokio_util::sync::CancellationToken;
 /// How often instances look at the generation pointer.
 const POINTER_POLL: Duration = Duration::from_millis(500);
 
+/// A rebuild claim not renewed for this long is abandoned.
+const CLAIM_EXPIRES: Duration = Duration::from_secs(60);
+
 /// The live generation of one view version in this instance, swapped by a rebuild.
 pub struct ViewSlot {
     current: RwLock<Arc<ViewRuntime>>,
@@ -128,9 +131,24 @@ pub enum RebuildError {
     /// The new generation's consumer could not be set up.
     #[error("starting the new generation: {0}")]
     Start(StartError),
-    /// Another rebuild switched the pointer first.
-    #[error("another rebuild of this view finished first (generation {0}); nothing switched")]
-    Raced(u32),
+    /// Another instance holds the claim on the next generation.
+    #[error(
+        "generation {generation} of this view is being built by instance {instance} (last heard from {secs} s ago)"
+    )]
+    Running {
+        /// The generation being built.
+        generation: u32,
+        /// The instance building it.
+        instance: String,
+        /// Seconds since that instance last renewed its claim.
+        secs: u64,
+    },
+    /// The claim was taken over (it looked abandoned) or the pointer was changed by something
+    /// else while this rebuild ran; it switched nothing and removed nothing.
+    #[error(
+        "this rebuild lost its claim on generation {0} (taken over, or the pointer was changed); nothing switched"
+    )]
+    ClaimLost(u32),
     /// The new generation made no progress for too long.
     #[error("the new generation made no progress for {0:?}")]
     Stalled(Duration),
@@ -160,6 +178,26 @@ pub struct Generations {
     pub metrics: ViewMetrics,
     /// This instance's id.
     pub instance: String,
+    /// A rebuild claim not renewed for this long is abandoned (its instance died) and may be
+    /// taken over; a running rebuild renews its claim four times as often.
+    pub claim_expires: Duration,
+}
+
+/// The right to build the next generation of one view version, held in the view's pointer
+/// ([`store::Pointer::rebuild`]) by compare-and-set on its revision: two instances asked to
+/// rebuild the same view at once cannot both build (or delete) the same generation.
+#[derive(Debug)]
+pub struct Claim {
+    revision: u64,
+    /// The pointer as this claim wrote it: the live generation and the claimed one.
+    pointer: store::Pointer,
+}
+
+impl Claim {
+    /// The generation this claim builds.
+    pub fn generation(&self) -> u32 {
+        self.pointer.generation + 1
+    }
 }
 
 impl Generations {
@@ -176,6 +214,7 @@ impl Generations {
             settings,
             metrics,
             instance: instance.to_owned(),
+            claim_expires: CLAIM_EXPIRES,
         })
     }
 
@@ -204,7 +243,7 @@ impl Generations {
 
     /// The live generation of `view`.
     pub async fn live(&self, view: &dyn View) -> Result<u32, StoreError> {
-        Ok(store::read_generation(&self.pointers, view).await?.0)
+        store::read_generation(&self.pointers, view).await
     }
 
     /// Runs the live generation's consumer loop until `shutdown`, moving to a new generation
@@ -274,69 +313,121 @@ impl Generations {
         }
     }
 
-    /// Replays the whole stream into a fresh generation, then makes it the live one and removes
-    /// the old one. `on_progress` is called a few times a second.
+    /// Claims the next generation of `view` for a rebuild by this instance; refused with
+    /// [`RebuildError::Running`] while another instance holds an unexpired claim.
+    pub async fn claim(&self, view: &dyn View) -> Result<Claim, RebuildError> {
+        loop {
+            let current = store::read_pointer(&self.pointers, view).await?;
+            if let Some(other) = &current.pointer.rebuild {
+                if current.age < self.claim_expires {
+                    return Err(RebuildError::Running {
+                        generation: other.generation,
+                        instance: other.instance.clone(),
+                        secs: current.age.as_secs(),
+                    });
+                }
+                tracing::warn!(
+                    view = %view.name(),
+                    generation = other.generation,
+                    instance = %other.instance,
+                    silent_secs = current.age.as_secs(),
+                    "taking over an abandoned rebuild claim"
+                );
+            }
+            let old = current.pointer.generation;
+            let pointer = store::Pointer {
+                generation: old,
+                rebuild: Some(store::RebuildClaim {
+                    generation: old + 1,
+                    instance: self.instance.clone(),
+                }),
+            };
+            // another instance may claim (or switch) between the read and the write: read again
+            if let Some(revision) =
+                store::swap_pointer(&self.pointers, view, &pointer, current.revision).await?
+            {
+                return Ok(Claim { revision, pointer });
+            }
+        }
+    }
+
+    /// Replays the whole stream into the claimed generation, then makes it the live one and
+    /// removes the old one. `on_progress` is called a few times a second. The claim is renewed
+    /// while the rebuild runs; a rebuild that loses it stops and removes nothing.
     pub async fn rebuild(
         &self,
         view: Arc<dyn View>,
+        mut claim: Claim,
         mut on_progress: impl FnMut(&Progress),
     ) -> Result<u32, RebuildError> {
-        let (old, revision) = store::read_generation(&self.pointers, &*view).await?;
-        let new = old + 1;
+        let (old, new) = (claim.pointer.generation, claim.generation());
+        // a claim taken over since it was made (it expired) builds and removes nothing
+        if !renew(&self.pointers, &*view, &mut claim).await? {
+            return Err(RebuildError::ClaimLost(new));
+        }
+        let lost = CancellationToken::new();
+        let keeper = ClaimKeeper::start(self, view.clone(), claim, lost.clone());
         // leftovers of an interrupted rebuild of the same generation start over
         remove_generation(&self.js, &*view, new).await;
         let started = Instant::now();
-        let projector = match self
-            .load(view.clone(), new, started, &mut on_progress)
-            .await
-        {
-            Ok(p) => p,
-            Err(e) => {
-                remove_generation(&self.js, &*view, new).await;
-                return Err(e);
-            }
+        let built = async {
+            let projector = self
+                .load(view.clone(), new, started, &mut on_progress)
+                .await?;
+            let rt = projector.runtime().clone();
+            let stop = CancellationToken::new();
+            let run = tokio::spawn(projector.run(stop.clone()));
+            let followed = self.follow(&rt, started, &mut on_progress).await;
+            stop.cancel();
+            let _ = run.await;
+            followed
         };
-        let rt = projector.runtime().clone();
-        let stop = CancellationToken::new();
-        let run = tokio::spawn(projector.run(stop.clone()));
-        let result = self.follow(&rt, started, &mut on_progress).await;
-        let switched = match result {
-            Ok(()) => {
-                let pointer = serde_json::to_vec(&serde_json::json!({ "generation": new }))
-                    .unwrap_or_default();
-                let key = store::generation_key(&*view);
-                let put = match revision {
-                    Some(rev) => self
-                        .pointers
-                        .update(&key, pointer.into(), rev)
-                        .await
-                        .map_err(|e| e.to_string()),
-                    None => self
-                        .pointers
-                        .create(&key, pointer.into())
-                        .await
-                        .map_err(|e| e.to_string()),
+        let built = tokio::select! {
+            r = built => r,
+            () = lost.cancelled() => Err(RebuildError::ClaimLost(new)),
+        };
+        let mut claim = keeper.stop().await;
+        let switched = match (built, claim.as_mut()) {
+            (Ok(()), Some(claim)) => {
+                let live = store::Pointer {
+                    generation: new,
+                    rebuild: None,
                 };
-                match put {
-                    Ok(_) => Ok(new),
-                    Err(_) => Err(RebuildError::Raced(
-                        store::read_generation(&self.pointers, &*view).await?.0,
-                    )),
+                match store::swap_pointer(&self.pointers, &*view, &live, Some(claim.revision))
+                    .await?
+                {
+                    Some(_) => Ok(new),
+                    None => Err(RebuildError::ClaimLost(new)),
                 }
             }
-            Err(e) => Err(e),
+            (Ok(()), None) => Err(RebuildError::ClaimLost(new)),
+            (Err(e), _) => Err(e),
         };
-        stop.cancel();
-        let _ = run.await;
-        match &switched {
-            Ok(_) => {
+        match (&switched, claim) {
+            (Ok(_), _) => {
                 // let every instance notice the pointer (it polls every 500 ms) before the old
                 // generation goes away
                 tokio::time::sleep(POINTER_POLL * 6).await;
                 remove_generation(&self.js, &*view, old).await;
                 tracing::info!(view = %view.name(), generation = new, "rebuild switched");
             }
-            Err(_) => remove_generation(&self.js, &*view, new).await,
+            (Err(_), Some(claim)) => {
+                // still the claim's holder: nobody else writes into `new`, and the pointer does
+                // not name it; remove it, then give the claim back
+                remove_generation(&self.js, &*view, new).await;
+                let free = store::Pointer {
+                    generation: old,
+                    rebuild: None,
+                };
+                if let Err(e) =
+                    store::swap_pointer(&self.pointers, &*view, &free, Some(claim.revision)).await
+                {
+                    tracing::warn!(view = %view.name(), error = %e, "cannot release the rebuild claim; it expires by itself");
+                }
+            }
+            (Err(e), None) => {
+                tracing::warn!(view = %view.name(), generation = new, error = %e, "rebuild lost its claim; leaving the generation to its new holder");
+            }
         }
         switched
     }
@@ -435,6 +526,70 @@ impl Generations {
     }
 }
 
+/// Renews a [`Claim`] while its rebuild runs, cancelling `lost` when the pointer changed
+/// under it.
+struct ClaimKeeper {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<Option<Claim>>,
+}
+
+impl ClaimKeeper {
+    fn start(
+        generations: &Generations,
+        view: Arc<dyn View>,
+        mut claim: Claim,
+        lost: CancellationToken,
+    ) -> Self {
+        let stop = CancellationToken::new();
+        let every = generations.claim_expires / 4;
+        let pointers = generations.pointers.clone();
+        let task = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => return Some(claim),
+                        () = tokio::time::sleep(every) => {}
+                    }
+                    match renew(&pointers, &*view, &mut claim).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            tracing::warn!(view = %view.name(), generation = claim.generation(), "the rebuild claim was taken over; stopping this rebuild");
+                            lost.cancel();
+                            return None;
+                        }
+                        // NATS unavailable for now: the claim holds until it expires
+                        Err(e) => {
+                            tracing::warn!(view = %view.name(), error = %e, "cannot renew the rebuild claim");
+                        }
+                    }
+                }
+            }
+        });
+        ClaimKeeper { stop, task }
+    }
+
+    /// Stops renewing; the claim if it is still held.
+    async fn stop(self) -> Option<Claim> {
+        self.stop.cancel();
+        self.task.await.ok().flatten()
+    }
+}
+
+/// Writes `claim` again (compare-and-set), keeping its new revision: false when the pointer
+/// changed since (the claim was taken over).
+async fn renew(
+    pointers: &kv::Store,
+    view: &dyn View,
+    claim: &mut Claim,
+) -> Result<bool, StoreError> {
+    let written = store::swap_pointer(pointers, view, &claim.pointer, Some(claim.revision)).await?;
+    if let Some(revision) = written {
+        claim.revision = revision;
+    }
+    Ok(written.is_some())
+}
+
 /// Cancels `generation` (a token of that generation's tasks) when the pointer leaves it; ends
 /// when it is cancelled otherwise (the service shuts down).
 async fn watch_pointer(
@@ -447,7 +602,7 @@ async fn watch_pointer(
         tokio::select! {
             () = tasks.cancelled() => break,
             () = tokio::time::sleep(POINTER_POLL) => {
-                if let Ok((g, _)) = store::read_generation(&pointers, &*view).await
+                if let Ok(g) = store::read_generation(&pointers, &*view).await
                     && g != generation
                 {
                     break;

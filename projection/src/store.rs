@@ -77,24 +77,93 @@ pub fn generation_key(view: &dyn View) -> String {
     format!("{}.v{}", view.name(), view.version())
 }
 
-/// The current generation of a view version (0 when never rebuilt) and the key's revision.
-pub async fn read_generation(
-    kv: &kv::Store,
-    view: &dyn View,
-) -> Result<(u32, Option<u64>), StoreError> {
+/// The value of a view version's key in [`GENERATIONS_BUCKET`]. Decoded tolerantly: unknown
+/// fields are ignored, a missing `rebuild` is none, and a value that does not decode at all
+/// reads as generation 0 (the format before rebuild claims was `{"generation": g}`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pointer {
+    /// The generation queries and the live consumer use.
+    #[serde(default)]
+    pub generation: u32,
+    /// The rebuild that has claimed the next generation, while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebuild: Option<RebuildClaim>,
+}
+
+/// Who builds the next generation of a view version: only the holder of the claim writes into
+/// it, deletes it or switches the pointer to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RebuildClaim {
+    /// The generation being built.
+    pub generation: u32,
+    /// The instance building it.
+    pub instance: String,
+}
+
+/// A view version's pointer as read, with what compare-and-set needs.
+#[derive(Debug, Clone, Default)]
+pub struct PointerEntry {
+    /// The pointer (the default when the key does not exist).
+    pub pointer: Pointer,
+    /// The key's revision; none when it was never written.
+    pub revision: Option<u64>,
+    /// How long ago (by the server's clock against ours) the value was written.
+    pub age: std::time::Duration,
+}
+
+/// Reads a view version's pointer.
+pub async fn read_pointer(kv: &kv::Store, view: &dyn View) -> Result<PointerEntry, StoreError> {
     match kv.entry(generation_key(view)).await {
-        Ok(Some(e)) if e.operation == kv::Operation::Put => {
-            let g = serde_json::from_slice::<Value>(&e.value)
-                .ok()
-                .and_then(|v| v["generation"].as_u64())
-                .and_then(|g| u32::try_from(g).ok())
-                .unwrap_or(0);
-            Ok((g, Some(e.revision)))
+        Ok(Some(e)) => {
+            let pointer = match e.operation {
+                kv::Operation::Put => serde_json::from_slice(&e.value).unwrap_or_default(),
+                _ => Pointer::default(),
+            };
+            let age = time::OffsetDateTime::now_utc() - e.created;
+            Ok(PointerEntry {
+                pointer,
+                revision: Some(e.revision),
+                age: age.try_into().unwrap_or_default(),
+            })
         }
-        Ok(Some(e)) => Ok((0, Some(e.revision))),
-        Ok(None) => Ok((0, None)),
+        Ok(None) => Ok(PointerEntry::default()),
         Err(e) => Err(StoreError::new("reading the view generation", e)),
     }
+}
+
+/// Writes a view version's pointer if its revision is still `revision` (none: if the key does
+/// not exist). `Ok(None)` when another writer came first; `Ok(Some(r))` with the new revision.
+pub async fn swap_pointer(
+    kv: &kv::Store,
+    view: &dyn View,
+    pointer: &Pointer,
+    revision: Option<u64>,
+) -> Result<Option<u64>, StoreError> {
+    let value = Bytes::from(serde_json::to_vec(pointer).unwrap_or_default());
+    let key = generation_key(view);
+    let written = match revision {
+        Some(rev) => kv
+            .update(&key, value, rev)
+            .await
+            .map_err(|e| match e.kind() {
+                kv::UpdateErrorKind::WrongLastRevision => None,
+                _ => Some(StoreError::new("writing the view generation", e)),
+            }),
+        None => kv.create(&key, value).await.map_err(|e| match e.kind() {
+            kv::CreateErrorKind::AlreadyExists => None,
+            _ => Some(StoreError::new("writing the view generation", e)),
+        }),
+    };
+    match written {
+        Ok(rev) => Ok(Some(rev)),
+        Err(None) => Ok(None),
+        Err(Some(e)) => Err(e),
+    }
+}
+
+/// The current generation of a view version (0 when never rebuilt).
+pub async fn read_generation(kv: &kv::Store, view: &dyn View) -> Result<u32, StoreError> {
+    Ok(read_pointer(kv, view).await?.pointer.generation)
 }
 
 /// Opens the generations bucket.
@@ -524,4 +593,39 @@ pub(crate) async fn park_marks(
 
 pub(crate) fn to_bytes(v: &impl Serialize) -> Bytes {
     Bytes::from(serde_json::to_vec(v).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The pointer's wire format: what instances before rebuild claims wrote still reads, and
+    /// a pointer without a claim is written exactly as they wrote it.
+    #[test]
+    fn the_generation_pointer_decodes_old_and_new_values() {
+        let old: Pointer = serde_json::from_str(r#"{"generation":3}"#).expect("old format");
+        assert_eq!(
+            old,
+            Pointer {
+                generation: 3,
+                rebuild: None
+            }
+        );
+        assert_eq!(
+            serde_json::to_string(&old).expect("encode"),
+            r#"{"generation":3}"#
+        );
+        let claimed: Pointer = serde_json::from_str(
+            r#"{"generation":2,"rebuild":{"generation":3,"instance":"projection-1"},"later":true}"#,
+        )
+        .expect("new format, with a field from a later version");
+        assert_eq!(
+            claimed.rebuild,
+            Some(RebuildClaim {
+                generation: 3,
+                instance: "projection-1".into()
+            })
+        );
+        assert_eq!(claimed.generation, 2);
+    }
 }

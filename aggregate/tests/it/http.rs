@@ -140,6 +140,9 @@ async fn every_error_class_is_problem_json() {
     )
     .await;
     assert_problem(s, &b, &h, StatusCode::BAD_REQUEST, "invalid-payload");
+    // the detail names the field by its path in the body
+    let detail = b["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("payload.amount: invalid type"), "{detail}");
     let huge = format!(
         r#"{{"type":"deposit","payload":{{"pad":"{}"}}}}"#,
         "x".repeat(5000)

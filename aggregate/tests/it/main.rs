@@ -1,6 +1,7 @@
 //! Integration tests of the aggregate service against a real nats-server.
 
 mod cluster;
+mod history;
 mod http;
 mod live;
 mod openapi;

@@ -12,7 +12,7 @@ use shared::AggregateAddress;
 use time::OffsetDateTime;
 use tracing::Instrument as _;
 
-use crate::engine::commit::{CommitError, DocWrite, MAX_WRITES_PER_COMMIT, commit};
+use crate::engine::commit::{CommitError, DocWrite, MAX_WRITES_PER_COMMIT, commit, write_each};
 use crate::engine::decode::{DecodeError, DecodedEvent, decode, trace_id};
 use crate::engine::fold::{ApplyError, EventFold, fold_event};
 use crate::engine::parking::{HoldState, Marks, hold_keys, hold_state, record_of};
@@ -58,6 +58,8 @@ struct Chunk {
     dispositions: Vec<Disposition>,
     counts: Counts,
     parked_any: bool,
+    /// An event of the chunk changed several documents: they must be written together.
+    multi_document: bool,
     /// The checkpoint this commit writes.
     last_seq: u64,
     last_occurred: Option<OffsetDateTime>,
@@ -81,7 +83,7 @@ impl Projector {
             .filter_map(|e| self.rt.event_keys(&e.env).ok())
             .flatten()
             .map(|(full, _)| full)
-            .filter(|k| !self.cache.contains_key(k))
+            .filter(|k| !self.cache.contains_key(k) && !self.cache.known_absent(k))
             .collect();
         keys.sort_unstable();
         keys.dedup();
@@ -106,6 +108,9 @@ impl Projector {
         }
         let (stored, from_cache) = if let Some(d) = self.cache.get(key) {
             (Some(d.clone()), true)
+        } else if self.cache.known_absent(key) {
+            // the cache holds the whole bucket: no read (a refusal is checked against the bucket)
+            (None, true)
         } else if let Some(d) = self.prefetched.remove(key) {
             (d, false)
         } else {
@@ -184,8 +189,13 @@ impl Projector {
             chunk.dispositions.push(disposition);
         }
         let dispositions = std::mem::take(&mut chunk.dispositions);
-        self.commit_chunk(chunk.working, chunk.dirty_order, chunk.last_seq)
-            .await?;
+        self.commit_chunk(
+            chunk.working,
+            chunk.dirty_order,
+            chunk.last_seq,
+            chunk.multi_document,
+        )
+        .await?;
         if chunk.parked_any {
             // our own parks moved the parked bucket on: re-list the marks for the next batch
             // (another writer may have changed them meanwhile too)
@@ -285,6 +295,7 @@ impl Projector {
                 Ok(Disposition::Ack)
             }
             Ok(EventFold::Applied(changed)) => {
+                chunk.multi_document |= changed.len() > 1;
                 for (key, doc, _) in changed {
                     if let Some(w) = chunk.working.get_mut(&key) {
                         if !w.dirty {
@@ -362,12 +373,15 @@ impl Projector {
         )
     }
 
-    /// Writes the changed documents and the checkpoint in one atomic commit, then caches them.
+    /// Writes the changed documents and the checkpoint, then caches them: in one atomic commit
+    /// when an event changed several documents (`together`), else each document on its own,
+    /// all in flight at once, and the checkpoint after them (see [`write_each`]).
     async fn commit_chunk(
         &mut self,
         mut working: HashMap<String, Working>,
         dirty_order: Vec<String>,
         position: u64,
+        together: bool,
     ) -> Result<(), StoreError> {
         if dirty_order.is_empty() && position <= self.checkpoint && self.checkpoint_rev.is_some() {
             return Ok(());
@@ -388,17 +402,30 @@ impl Projector {
             doc: self.checkpoint_doc(position.max(self.checkpoint)),
             revision: self.checkpoint_rev,
         });
-        let revisions = match commit(&self.js, &self.rt.docs, &writes).await {
+        let written = if together || writes.len() <= 1 {
+            commit(&self.js, &self.rt.docs, &writes).await
+        } else {
+            let (docs, checkpoint) = writes.split_at(writes.len() - 1);
+            match write_each(&self.js, &self.rt.docs, docs).await {
+                Ok(mut revisions) => commit(&self.js, &self.rt.docs, checkpoint).await.map(|r| {
+                    revisions.extend(r);
+                    revisions
+                }),
+                Err(e) => Err(e),
+            }
+        };
+        let revisions = match written {
             Ok(r) => r,
             Err(CommitError::Conflict) => {
                 return Err(StoreError::new(
                     "committing the batch",
                     "a document or the checkpoint changed since it was read (another writer); \
-                     nothing was written",
+                     the checkpoint did not move",
                 ));
             }
             Err(CommitError::Store(e)) => return Err(e),
         };
+        self.rt.metrics.commits.get_or_create(&self.rt.labels).inc();
         let checkpoint_rev = revisions.last().copied();
         let n = writes.len();
         for (w, rev) in writes.into_iter().zip(revisions).take(n - 1) {

@@ -66,6 +66,43 @@ fn publish_error(e: &jetstream::context::PublishError, what: &str) -> CommitErro
     }
 }
 
+fn expect(w: &DocWrite) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(
+        shared::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+        w.revision.unwrap_or(0).to_string().as_str(),
+    );
+    h
+}
+
+/// Writes `writes` each on its own, all in flight at once, each with compare-and-set on its
+/// revision; returns each one's new revision, in order. Not atomic: on an error some may be
+/// written. Only for documents no reader needs together (each event they hold changed one
+/// document), and before the checkpoint: a document written ahead of a failed commit carries
+/// the `_position` of its last event, so the events are skipped as duplicates when they come
+/// again. On a single-replica file-storage bucket this avoids what an atomic batch costs the
+/// server (it stages every batch in a file store of its own, created and removed per batch).
+pub(crate) async fn write_each(
+    js: &jetstream::Context,
+    kv: &kv::Store,
+    writes: &[DocWrite],
+) -> Result<Vec<u64>, CommitError> {
+    let what = || format!("committing {} documents, each on its own", writes.len());
+    let mut acks = Vec::with_capacity(writes.len());
+    for w in writes {
+        acks.push(
+            js.publish_with_headers(subject(kv, &w.key), expect(w), to_bytes(&w.doc))
+                .await
+                .map_err(|e| publish_error(&e, &what()))?,
+        );
+    }
+    let mut revisions = Vec::with_capacity(acks.len());
+    for ack in acks {
+        revisions.push(ack.await.map_err(|e| publish_error(&e, &what()))?.sequence);
+    }
+    Ok(revisions)
+}
+
 /// Writes `writes` atomically (at most [`MAX_WRITES_PER_COMMIT`]); returns each one's new
 /// revision, in order.
 pub(crate) async fn commit(
@@ -73,14 +110,6 @@ pub(crate) async fn commit(
     kv: &kv::Store,
     writes: &[DocWrite],
 ) -> Result<Vec<u64>, CommitError> {
-    let expect = |w: &DocWrite| {
-        let mut h = HeaderMap::new();
-        h.insert(
-            shared::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
-            w.revision.unwrap_or(0).to_string().as_str(),
-        );
-        h
-    };
     let what = || format!("committing {} documents", writes.len());
     match writes {
         [] => Ok(Vec::new()),

@@ -17,6 +17,7 @@
 pub mod admin;
 pub mod batch;
 pub mod bulk;
+mod cache;
 pub mod commit;
 pub mod consumer;
 pub mod decode;
@@ -57,7 +58,8 @@ pub struct ViewRuntime {
     pub parked: kv::Store,
     /// Metrics.
     pub metrics: ViewMetrics,
-    labels: ViewLabels,
+    /// This view version's metric labels.
+    pub labels: ViewLabels,
     /// Set while the consumer loop runs.
     pub running: AtomicBool,
     /// Which generation of the view version this is (0 unless rebuilt).

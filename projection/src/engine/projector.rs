@@ -15,6 +15,7 @@ use shared::AggregateAddress;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::ViewRuntime;
+use crate::engine::cache::DocCache;
 use crate::engine::commit::{CommitError, DocWrite, commit};
 use crate::engine::consumer::{ConsumerSettings, PRIORITY_GROUP, StartError, ensure_consumer};
 use crate::engine::decode::decode;
@@ -30,6 +31,9 @@ const BATCH_RETRY_FIRST_DELAY: Duration = Duration::from_millis(100);
 const BATCH_RETRY_MAX_DELAY: Duration = Duration::from_secs(5);
 /// Progress acks are sent at most this often.
 const PROGRESS_ACK_MIN_INTERVAL: Duration = Duration::from_millis(100);
+/// How long the consumer loop waits for more of a backlog before applying a batch that is not
+/// full (per wait; it waits again while messages keep coming and the batch is not full).
+const BATCH_FILL_WAIT: Duration = Duration::from_millis(5);
 /// Compare-and-set rounds of a checkpoint written on its own.
 const CHECKPOINT_CAS_ATTEMPTS: usize = 8;
 
@@ -40,7 +44,7 @@ pub struct Projector {
     pub(super) settings: ConsumerSettings,
     /// Documents this instance committed last, by stored key: bounded (least recently used
     /// go first), never trusted after a failure or an idle spell (see [`Projector::forget`]).
-    pub(super) cache: quick_cache::unsync::Cache<String, StoredDoc>,
+    pub(super) cache: DocCache,
     /// Documents read ahead for the batch in hand.
     pub(super) prefetched: HashMap<String, Option<StoredDoc>>,
     /// Marks and the parked bucket's last sequence they reflect.
@@ -63,7 +67,7 @@ impl Projector {
         let consumer =
             ensure_consumer(js, &settings.consumer_config(&*rt.view, rt.generation)).await?;
         let (checkpoint, checkpoint_rev) = store::read_checkpoint(&rt.docs).await?;
-        let cache = quick_cache::unsync::Cache::new(settings.cache_capacity.max(1));
+        let cache = DocCache::new(settings.cache_capacity);
         Ok(Projector {
             rt,
             consumer,
@@ -95,6 +99,19 @@ impl Projector {
         self.rt.running.store(true, Ordering::Relaxed);
         let name = self.rt.view.name();
         tracing::info!(view = %name, version = self.rt.view.version(), "projector started");
+        match self.cache.fill(&self.rt.docs).await {
+            Ok(documents) => tracing::info!(
+                view = %name,
+                documents,
+                whole_bucket = self.cache.is_complete(),
+                "document cache filled from the bucket"
+            ),
+            Err(e) => tracing::warn!(
+                view = %name,
+                error = %e,
+                "cannot fill the document cache; documents are read as they are needed"
+            ),
+        }
         'outer: while !shutdown.is_cancelled() {
             let messages = match self
                 .consumer
@@ -127,23 +144,27 @@ impl Projector {
                 let Some(chunk) = chunk else {
                     break;
                 };
-                for m in chunk {
-                    match m {
-                        Ok(m) => match m.info().map(|i| i.stream_sequence) {
-                            Ok(seq) => {
-                                // a later delivery of the same event replaces the earlier one
-                                held.insert(seq, m);
-                            }
-                            Err(e) => {
-                                tracing::warn!(view = %name, error = %e, "message without metadata")
-                            }
-                        },
-                        Err(e) => tracing::debug!(view = %name, error = %e, "pull status"),
+                let mut backlog = hold(&name, chunk, &mut held);
+                // behind the stream: wait a moment for a full batch, since every commit costs
+                // the same whatever its size (one atomic batch on the server, the checkpoint);
+                // a view that is caught up (nothing pending) applies what came at once
+                let mut ended = false;
+                while backlog && held.len() < self.settings.batch {
+                    match tokio::time::timeout(BATCH_FILL_WAIT, chunks.next()).await {
+                        Ok(Some(more)) => backlog = hold(&name, more, &mut held),
+                        Ok(None) => {
+                            ended = true;
+                            break;
+                        }
+                        Err(_) => break,
                     }
                 }
                 let batch = self.take_contiguous(&mut held).await;
                 if !batch.is_empty() {
                     self.handle_batch(batch, &shutdown).await;
+                }
+                if ended {
+                    break;
                 }
             }
         }
@@ -246,12 +267,17 @@ impl Projector {
         batch
     }
     async fn handle_batch(&mut self, batch: Vec<Message>, shutdown: &CancellationToken) {
-        // idle longer than the pin lasts: another instance may have written meanwhile
+        // the first batch, or idle longer than the pin lasts: another instance may have
+        // committed meanwhile; the cache stays only while the checkpoint is the one this
+        // instance knows
         if self
             .last_batch
-            .is_some_and(|t| t.elapsed() >= self.settings.priority_timeout)
+            .is_none_or(|t| t.elapsed() >= self.settings.priority_timeout)
         {
-            self.cache.clear();
+            match store::read_checkpoint(&self.rt.docs).await {
+                Ok((_, revision)) if revision == self.checkpoint_rev => {}
+                _ => self.cache.clear(),
+            }
         }
         self.last_batch = Some(std::time::Instant::now());
         // the batch stays ours while we work on it, however long: progress acks every third of
@@ -364,13 +390,15 @@ impl Projector {
     /// re-listed only when the parked bucket changed since (another instance, an admin retry
     /// or skip, our own parking), which one stream-info request tells.
     pub(super) async fn marks(&mut self) -> Result<Marks, StoreError> {
+        // fresh: `kv::Store::status` answers the information cached when the bucket was
+        // opened, so marks changed by another instance or an admin retry went unnoticed
         let last = self
             .rt
             .parked
-            .status()
+            .stream
+            .get_info()
             .await
             .map_err(|e| StoreError::new("reading the parked bucket's state", e))?
-            .info
             .state
             .last_sequence;
         if let Some((seen, marks)) = self.marks.take()
@@ -436,6 +464,30 @@ impl Projector {
             "lost the compare-and-set too often",
         ))
     }
+}
+
+/// Puts the delivered messages of `chunk` among the held ones by stream sequence (a later
+/// delivery of the same event replaces the earlier one); whether the stream holds more for the
+/// consumer than it has delivered (the last message's `pending`).
+fn hold(
+    view: &shared::ViewName,
+    chunk: Vec<Result<Message, pull::MessagesError>>,
+    held: &mut BTreeMap<u64, Message>,
+) -> bool {
+    let mut pending = false;
+    for m in chunk {
+        match m {
+            Ok(m) => match m.info().map(|i| (i.stream_sequence, i.pending)) {
+                Ok((seq, left)) => {
+                    pending = left > 0;
+                    held.insert(seq, m);
+                }
+                Err(e) => tracing::warn!(view = %view, error = %e, "message without metadata"),
+            },
+            Err(e) => tracing::debug!(view = %view, error = %e, "pull status"),
+        }
+    }
+    pending
 }
 
 /// Runs `work`, sending a progress ack for every message of `batch` every `every` meanwhile.

@@ -118,10 +118,11 @@ async fn a_rebuild_leaves_an_event_it_must_park_to_the_consumer_which_parks_it()
     assert_eq!(outcome.position, garbage - 1);
 
     // a whole rebuild: the generation's consumer takes it from there and parks it as live does
-    let generation = p
-        .app
-        .generations
-        .rebuild(p.view("accounts").view.clone(), |_| {})
+    let view = p.view("accounts").view.clone();
+    let generations = &p.app.generations;
+    let claim = generations.claim(&*view).await.expect("claim");
+    let generation = generations
+        .rebuild(view, claim, |_| {})
         .await
         .expect("rebuild");
     assert_eq!(generation, 1);

@@ -480,3 +480,53 @@ async fn a_view_with_an_invalid_key_is_refused_at_start_up() {
         .await;
     assert!(streams.is_empty(), "{streams:?}");
 }
+
+/// A batch of single-document events writes its documents ahead of the checkpoint (no atomic
+/// batch): when the checkpoint is then refused (another writer changed it, as an instance that
+/// took the pin over would), the documents already carry the events' positions, so the retry
+/// counts them as duplicates and nothing is applied twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn documents_written_ahead_of_a_refused_checkpoint_are_not_applied_twice() {
+    let server = NatsServer::start();
+    let agg = Arc::new(aggregate(&server).await);
+    let p = projection(&server).await;
+    let (accounts, last) = write_load(&agg, "acme", 5, 2).await;
+    p.caught_up("accounts", last, Duration::from_secs(30)).await;
+    let applied_before = p.counter("events_applied", "accounts");
+    let duplicates_before = p.counter("events_duplicate", "accounts");
+
+    // another writer rewrites the checkpoint as it is: same position, a new revision
+    let docs = &p.view("accounts").docs;
+    let entry = docs
+        .entry(projection::store::CHECKPOINT_KEY)
+        .await
+        .expect("read the checkpoint")
+        .expect("a checkpoint");
+    docs.put(projection::store::CHECKPOINT_KEY, entry.value)
+        .await
+        .expect("rewrite the checkpoint");
+
+    let mut last = 0;
+    for a in &accounts {
+        last = send(&agg, a, cmd("deposit", json!({"amount": 10})))
+            .await
+            .position;
+    }
+    p.caught_up("accounts", last, Duration::from_secs(30)).await;
+    assert_views_match(&p, &agg, &accounts).await;
+    let applied = p.counter("events_applied", "accounts") - applied_before;
+    let duplicates = p.counter("events_duplicate", "accounts") - duplicates_before;
+    // the first attempt wrote documents and was refused on the checkpoint; the retry found
+    // those documents done
+    assert!(
+        duplicates >= 1,
+        "no document was written ahead of the refused checkpoint"
+    );
+    // each deposit counted once: applied, or found done; the balances above prove the effect
+    assert_eq!(
+        applied + duplicates,
+        5,
+        "applied {applied}, duplicates {duplicates}"
+    );
+    p.stop().await;
+}

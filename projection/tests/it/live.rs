@@ -150,19 +150,21 @@ async fn a_list_feed_sends_the_documents_a_sync_then_every_change_of_its_tenant_
     assert_eq!(keys, ["account.l2", "summary"]);
     assert_eq!(change[0].id, None, "{change:?}");
     assert_eq!(id(&change[1]), pos);
-    let more = [
-        send(
-            &agg,
-            &account("acme", "l1"),
-            cmd("deposit", json!({"amount": 1})),
-        )
-        .await
-        .position,
-        open(&agg, &account("acme", "l4")).await.position,
-    ];
-    let later = feed.take(4).await;
-    assert_eq!(id(&later[1]), more[0], "{later:?}");
-    assert_eq!(id(&later[3]), more[1], "{later:?}");
+    // one event at a time: two events applied in one batch leave one summary version, the
+    // later one (the resume below shows that)
+    let deposit = send(
+        &agg,
+        &account("acme", "l1"),
+        cmd("deposit", json!({"amount": 1})),
+    )
+    .await
+    .position;
+    let later = feed.take(2).await;
+    assert_eq!(id(&later[1]), deposit, "{later:?}");
+    let opened = open(&agg, &account("acme", "l4")).await.position;
+    let later = feed.take(2).await;
+    assert_eq!(id(&later[1]), opened, "{later:?}");
+    let more = [deposit, opened];
     drop(feed);
 
     // resume after the sync: the changes since, in order, each document in its latest

@@ -8,6 +8,8 @@ use axum::http::StatusCode;
 use serde_json::json;
 use testkit::NatsServer;
 
+use projection::rebuild::RebuildError;
+
 use crate::support::*;
 
 async fn bucket_exists(client: &async_nats::Client, name: &str) -> bool {
@@ -169,4 +171,100 @@ async fn the_admin_endpoint_runs_a_rebuild_and_reports_progress() {
     assert_eq!(b["document"]["open_accounts"], 1, "{b}");
     let (s, _) = p.get("/v1/admin/views/nope/rebuild").await;
     assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+/// Waits until `p` serves `generation` of the accounts view, and reads the test's account there.
+async fn serves_the_claimed_account(p: &Instance, generation: u32) {
+    testkit::eventually(
+        format!("the instance switches to generation {generation}"),
+        Duration::from_secs(10),
+        async || match p.view("accounts").generation {
+            g if g == generation => Ok(()),
+            g => Err(g),
+        },
+    )
+    .await;
+    let (s, b) = p.get("/v1/tenants/acme/views/accounts/claimed").await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["document"]["balance"], 5, "{b}");
+}
+
+/// Two instances asked to rebuild one view at once: the second is refused (409 naming the
+/// first) instead of building, and deleting, the same generation; an abandoned claim expires
+/// and is taken over, and its old holder, coming back, switches and removes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_instance_at_a_time_builds_a_generation_and_an_abandoned_claim_is_taken_over() {
+    let server = NatsServer::start();
+    let agg = aggregate(&server).await;
+    let p = projection(&server).await;
+    let a = account("acme", "claimed");
+    open(&agg, &a).await;
+    let last = send(&agg, &a, cmd("deposit", json!({"amount": 5})))
+        .await
+        .position;
+    p.caught_up("accounts", last, Duration::from_secs(20)).await;
+    let view = p.view("accounts").view.clone();
+    let here = p.app.generations.clone();
+    let mut there = here.clone();
+    there.instance = "other".into();
+
+    let claim = there.claim(&*view).await.expect("claim");
+    assert_eq!(claim.generation(), 1);
+    let (s, b) = p.post("/v1/admin/views/accounts/rebuild").await;
+    assert_eq!(s, StatusCode::CONFLICT, "{b}");
+    assert!(
+        b["type"]
+            .as_str()
+            .is_some_and(|t| t.ends_with("rebuild-running")),
+        "{b}"
+    );
+    assert!(
+        b["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("instance other")),
+        "{b}"
+    );
+    match here.claim(&*view).await {
+        Err(RebuildError::Running {
+            generation: 1,
+            instance,
+            ..
+        }) => assert_eq!(instance, "other"),
+        other => panic!("a second claim: {other:?}"),
+    }
+    assert_eq!(
+        there
+            .rebuild(view.clone(), claim, |_| {})
+            .await
+            .expect("rebuild"),
+        1
+    );
+    serves_the_claimed_account(&p, 1).await;
+
+    // "other" claims generation 2 and dies; after the claim expires this instance takes over
+    let abandoned = there.claim(&*view).await.expect("claim generation 2");
+    let mut impatient = here.clone();
+    impatient.claim_expires = Duration::from_secs(1);
+    let taken = testkit::eventually(
+        "the abandoned claim expires",
+        Duration::from_secs(10),
+        async || impatient.claim(&*view).await,
+    )
+    .await;
+    assert_eq!(taken.generation(), 2);
+    // the old holder comes back: it neither switches nor removes anything
+    match there.rebuild(view.clone(), abandoned, |_| {}).await {
+        Err(RebuildError::ClaimLost(2)) => {}
+        other => panic!("the abandoned claim's rebuild: {other:?}"),
+    }
+    let client = &p.app.core.client;
+    assert!(bucket_exists(client, "VIEW_accounts_v1_g1").await);
+    assert_eq!(
+        impatient
+            .rebuild(view.clone(), taken, |_| {})
+            .await
+            .expect("rebuild by the new holder"),
+        2
+    );
+    serves_the_claimed_account(&p, 2).await;
 }

@@ -1,0 +1,6 @@
+//! `inventory-aggregate`: the write side of the inventory domain (`inventory::aggregates`).
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    inventory::aggregates().build()?.run().await
+}

@@ -90,14 +90,43 @@ async fn the_stack_works_through_the_gateway() {
     let client = async_nats_free_check(&stack.nats_urls[0]);
     assert!(client, "nats reachable");
 
-    // requests spread over both instances of each service
+    // one aggregate's requests all go to one aggregate instance (hashed on tenant/type/id);
+    // different aggregates and the views' reads spread over both instances of each service
+    let mut sticky = Vec::new();
+    for _ in 0..8 {
+        let id = format!("sticky-{}", uuid::Uuid::new_v4().simple());
+        let r = http
+            .get(format!("{gw}/v1/tenants/acme/aggregates/account/e2e-1"))
+            .header("authorization", &auth)
+            .header("x-request-id", &id)
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(r.status(), 200);
+        sticky.push(id);
+    }
+    let holders: Vec<&str> = ["aggregate-1", "aggregate-2"]
+        .into_iter()
+        .filter(|name| {
+            let log = stack.log(name);
+            sticky.iter().any(|id| log.contains(id.as_str()))
+        })
+        .collect();
+    assert_eq!(holders.len(), 1, "e2e-1 served by {holders:?}");
     let mut ids = Vec::new();
-    for n in 0..16 {
+    for n in 0..32 {
         let id = format!("spread-{n}-{}", uuid::Uuid::new_v4().simple());
-        let path = if n % 2 == 0 {
-            "/v1/tenants/acme/aggregates/account/e2e-1"
+        let (path, status) = if n % 2 == 0 {
+            // aggregates with no events: 404 from whichever instance holds them
+            (
+                format!("/v1/tenants/acme/aggregates/account/spread-{n}"),
+                StatusCode::NOT_FOUND,
+            )
         } else {
-            "/v1/tenants/acme/views/accounts/e2e-1"
+            (
+                "/v1/tenants/acme/views/accounts/e2e-1".to_owned(),
+                StatusCode::OK,
+            )
         };
         let r = http
             .get(format!("{gw}{path}"))
@@ -106,7 +135,7 @@ async fn the_stack_works_through_the_gateway() {
             .send()
             .await
             .expect("get");
-        assert_eq!(r.status(), 200);
+        assert_eq!(r.status(), status, "{path}");
         ids.push(id);
     }
     for name in ["aggregate-1", "aggregate-2", "projection-1", "projection-2"] {

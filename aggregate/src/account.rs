@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 use shared::{AggregateAddress, AggregateType, IdError};
 
-use crate::domain::{Aggregate, DomainError, Snapshotting};
+use crate::domain::{Aggregate, CommandSchema, DomainError, Snapshotting};
 
 /// Lifecycle of an account.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,8 +35,9 @@ pub struct AccountState {
     pub balance: i64,
 }
 
-/// Commands, as sent in `{"type": ..., "payload": ...}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Commands, as sent in `{"type": ..., "payload": ...}`; their schema is the OpenAPI
+/// document's `Commands.account`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(
     tag = "type",
     content = "payload",
@@ -178,6 +179,10 @@ impl Aggregate for Account {
 
     fn command_types(&self) -> &'static [&'static str] {
         &["open", "deposit", "withdraw", "close"]
+    }
+
+    fn command_schema(&self) -> Option<CommandSchema> {
+        Some(CommandSchema::of::<AccountCommand>())
     }
 
     fn apply(&self, state: &mut AccountState, event: AccountEvent) {

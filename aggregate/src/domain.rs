@@ -30,6 +30,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use shared::AggregateType;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::Schema;
 
 /// A domain rule was broken. `code` becomes the problem `type` slug (stable).
 pub trait DomainError: std::error::Error + Send + Sync + 'static {
@@ -64,6 +66,34 @@ pub trait Aggregate: Send + Sync + 'static {
     /// types. Asked once per load; none by default.
     fn history(&self) -> History<Self::Event> {
         History::new()
+    }
+    /// The schema of `Command` for the OpenAPI document (`Commands.<type>`): each command type
+    /// with its payload's fields. `None` (the default) documents only the command type names
+    /// and the payload as an open object. With `utoipa`'s derive on the command enum
+    /// (`#[derive(utoipa::ToSchema)]`, which reads the same serde attributes):
+    /// `Some(CommandSchema::of::<Self::Command>())`.
+    fn command_schema(&self) -> Option<CommandSchema> {
+        None
+    }
+}
+
+/// The JSON schema of an aggregate type's commands and the schemas it refers to, as the
+/// service's OpenAPI document carries them.
+pub struct CommandSchema {
+    pub(crate) schema: RefOr<Schema>,
+    pub(crate) components: Vec<(String, RefOr<Schema>)>,
+}
+
+impl CommandSchema {
+    /// The schema `T`'s `utoipa::ToSchema` implementation gives (for an adjacently tagged
+    /// command enum: one of `{"type": <name>, "payload": {...}}`), with every schema it refers to.
+    pub fn of<T: utoipa::ToSchema>() -> Self {
+        let mut components = Vec::new();
+        T::schemas(&mut components);
+        CommandSchema {
+            schema: T::schema(),
+            components,
+        }
     }
 }
 
@@ -258,6 +288,8 @@ pub trait DynAggregate: Send + Sync + 'static {
     fn aggregate_type(&self) -> AggregateType;
     /// The command types it accepts ([`Aggregate::command_types`]).
     fn command_type_names(&self) -> &'static [&'static str];
+    /// The schema of its commands ([`Aggregate::command_schema`]).
+    fn command_schema(&self) -> Option<CommandSchema>;
     /// A fresh state.
     fn initial(&self) -> AnyState;
     /// Applies stored events to a copy of `state`.
@@ -291,6 +323,9 @@ impl<A: Snapshotting> DynAggregate for Snapshotted<A> {
     }
     fn command_type_names(&self) -> &'static [&'static str] {
         Aggregate::command_types(&self.0)
+    }
+    fn command_schema(&self) -> Option<CommandSchema> {
+        Aggregate::command_schema(&self.0)
     }
     fn initial(&self) -> AnyState {
         self.0.initial()
@@ -350,6 +385,10 @@ impl<A: Aggregate> DynAggregate for A {
 
     fn command_type_names(&self) -> &'static [&'static str] {
         Aggregate::command_types(self)
+    }
+
+    fn command_schema(&self) -> Option<CommandSchema> {
+        Aggregate::command_schema(self)
     }
 
     fn initial(&self) -> AnyState {

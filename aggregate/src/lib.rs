@@ -24,7 +24,7 @@ mod service;
 pub mod snapshot;
 pub mod store;
 
-pub use domain::{Aggregate, DomainError, History, Snapshotting};
+pub use domain::{Aggregate, CommandSchema, DomainError, History, Snapshotting};
 pub use service::{BuildError, Service, ServiceBuilder};
 pub use shared::AggregateType;
 

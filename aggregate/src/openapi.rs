@@ -7,7 +7,9 @@ use platform::openapi::{BearerAuth, ClosedObjects};
 use utoipa::OpenApi;
 use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Schema, Type};
 
-use crate::domain::DynAggregate;
+use shared::AggregateType;
+
+use crate::domain::{CommandSchema, DynAggregate};
 
 /// The document.
 #[derive(OpenApi)]
@@ -23,7 +25,9 @@ use crate::domain::DynAggregate;
 pub struct ApiDoc;
 
 /// The document of an instance serving `aggregates`: [`ApiDoc`] plus, per aggregate type, a
-/// schema `Commands.<type>` listing the command types its `POST .../commands` accepts.
+/// schema `Commands.<type>` of the commands its `POST .../commands` accepts: the type's own
+/// schema ([`Aggregate::command_schema`](crate::Aggregate::command_schema)) when it gives one,
+/// else the command type names with the payload as an open object.
 pub fn document<'a>(
     aggregates: impl IntoIterator<Item = &'a Arc<dyn DynAggregate>>,
 ) -> utoipa::openapi::OpenApi {
@@ -31,24 +35,34 @@ pub fn document<'a>(
     let components = doc.components.get_or_insert_with(Default::default);
     for aggregate in aggregates {
         let ty = aggregate.aggregate_type();
-        let command_type = ObjectBuilder::new()
-            .schema_type(Type::String)
-            .enum_values(Some(aggregate.command_type_names().iter().copied()));
-        let commands = ObjectBuilder::new()
-            .description(Some(format!(
-                "A command to an aggregate of type `{ty}`: the `type` and `payload` of `CommandBody`."
-            )))
-            .property("type", command_type)
-            .required("type")
-            .property(
-                "payload",
-                ObjectBuilder::new().description(Some("The command type's payload.")),
-            )
-            .additional_properties(Some(AdditionalProperties::FreeForm(false)));
-        components.schemas.insert(
-            format!("Commands.{ty}"),
-            Schema::Object(commands.build()).into(),
-        );
+        let commands = match aggregate.command_schema() {
+            Some(CommandSchema { schema, components: refs }) => {
+                components.schemas.extend(refs);
+                schema
+            }
+            None => Schema::Object(names_only(&ty, aggregate.command_type_names()).build()).into(),
+        };
+        components
+            .schemas
+            .insert(format!("Commands.{ty}"), commands);
     }
     doc
+}
+
+/// `Commands.<type>` of a type that gives no schema: its command type names, any payload.
+fn names_only(ty: &AggregateType, names: &'static [&'static str]) -> ObjectBuilder {
+    let command_type = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(names.iter().copied()));
+    ObjectBuilder::new()
+        .description(Some(format!(
+            "A command to an aggregate of type `{ty}`: the `type` and `payload` of `CommandBody`."
+        )))
+        .property("type", command_type)
+        .required("type")
+        .property(
+            "payload",
+            ObjectBuilder::new().description(Some("The command type's payload.")),
+        )
+        .additional_properties(Some(AdditionalProperties::FreeForm(false)))
 }

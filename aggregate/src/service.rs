@@ -147,7 +147,7 @@ impl Service {
     }
 
     /// The OpenAPI document the service serves at `/openapi.json`: the routes, and per
-    /// aggregate type a schema `Commands.<type>` listing its command types.
+    /// aggregate type a schema `Commands.<type>` of its commands ([`Aggregate::command_schema`](crate::Aggregate::command_schema)).
     pub fn openapi(&self) -> utoipa::openapi::OpenApi {
         crate::openapi::document(&self.aggregates)
     }

@@ -198,6 +198,17 @@ impl Conformance {
         );
     }
 
+    /// Validates `instance` against the document's component schema `name` (e.g. a command
+    /// body against `Commands.account`); the errors, one per line, when it does not conform.
+    pub fn check_component(&self, name: &str, instance: &Value) -> Result<(), String> {
+        assert!(
+            self.doc["components"]["schemas"][name].is_object(),
+            "no component schema {name:?} in the document"
+        );
+        let schema = serde_json::json!({ "$ref": format!("#/components/schemas/{name}") });
+        self.validate(&schema, instance)
+    }
+
     /// The template of the document's paths that `path` matches for `method`: same number of
     /// segments, literal segments equal, `{param}` segments non-empty; the one with the most
     /// literal segments when several match.

@@ -73,3 +73,56 @@ async fn every_route_answers_its_documented_schema() {
 
     api.spec.assert_every_success_checked();
 }
+
+/// `Commands.account` describes each command's payload as the account decodes it: what the
+/// schema accepts decodes (whatever the domain then decides), what it refuses is refused as
+/// bad input (400 `invalid-payload` / `unknown-command`), never decoded.
+#[test]
+fn the_document_describes_each_command_payload_as_the_account_decodes_it() {
+    use aggregate::domain::DecideError;
+    use serde_json::{Value, json};
+    use testkit::openapi::Conformance;
+
+    let aggregates = aggregate::default_aggregates();
+    let doc = serde_json::to_value(aggregate::openapi::document(&aggregates)).expect("json");
+    let api = Conformance::new(doc);
+    let account = aggregates
+        .iter()
+        .find(|a| a.aggregate_type().as_str() == "account")
+        .expect("account is shipped");
+    let decide = |body: &Value| {
+        let payload = body.get("payload").cloned().unwrap_or(Value::Null);
+        account.decide(&account.initial(), body["type"].as_str().expect("type"), payload)
+    };
+    let bad_input = |r: &Result<_, DecideError>| {
+        matches!(
+            r,
+            Err(DecideError::InvalidPayload { .. } | DecideError::UnknownCommand { .. })
+        )
+    };
+    let accepted = [
+        json!({"type": "open", "payload": {"owner": "Ada", "currency": "EUR"}}),
+        json!({"type": "deposit", "payload": {"amount": 250}}),
+        json!({"type": "withdraw", "payload": {"amount": 1}}),
+        json!({"type": "close", "payload": {}}),
+    ];
+    for body in &accepted {
+        api.check_component("Commands.account", body)
+            .unwrap_or_else(|e| panic!("{body} refused by the schema:\n{e}"));
+        assert!(!bad_input(&decide(body)), "{body} not decoded");
+    }
+    let refused = [
+        json!({"type": "deposit", "payload": {"amount": "ten"}}),
+        json!({"type": "deposit", "payload": {}}),
+        json!({"type": "open", "payload": {"owner": "Ada"}}),
+        json!({"type": "deposit", "payload": {"amount": 1, "note": "extra"}}),
+        json!({"type": "fly", "payload": {}}),
+    ];
+    for body in &refused {
+        assert!(
+            api.check_component("Commands.account", body).is_err(),
+            "{body} accepted by the schema"
+        );
+        assert!(bad_input(&decide(body)), "{body} decoded: {:?}", decide(body).map(|_| ()));
+    }
+}

@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 
-use aggregate::{Aggregate, AggregateType, DomainError, History};
+use aggregate::{Aggregate, AggregateType, CommandSchema, DomainError, History};
 use serde::{Deserialize, Serialize};
 
 /// The `item` aggregate type.
@@ -86,8 +86,9 @@ impl ItemState {
     }
 }
 
-/// Commands, as sent in `{"type": ..., "payload": ...}`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// Commands, as sent in `{"type": ..., "payload": ...}`; their schema is the OpenAPI
+/// document's `Commands.item` (the derive reads the same serde attributes).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(
     tag = "type",
     content = "payload",
@@ -283,6 +284,10 @@ impl Aggregate for Item {
 
     fn command_types(&self) -> &'static [&'static str] {
         &["add", "restock", "reserve", "release", "ship"]
+    }
+
+    fn command_schema(&self) -> Option<CommandSchema> {
+        Some(CommandSchema::of::<ItemCommand>())
     }
 
     fn apply(&self, state: &mut ItemState, event: ItemEvent) {

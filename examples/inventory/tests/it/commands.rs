@@ -120,3 +120,40 @@ async fn a_stale_version_conflicts_a_retry_is_idempotent_and_a_bad_payload_names
     );
     s.stop().await;
 }
+
+/// The service's OpenAPI document describes each `item` command with its payload's fields
+/// (`Commands.item`, from the command enum's derived schema): the bodies this example sends
+/// conform, a payload with a missing or mistyped field does not.
+#[test]
+fn the_openapi_document_describes_each_item_command_payload() {
+    let doc = serde_json::to_value(
+        inventory::aggregates()
+            .build()
+            .expect("the example's service")
+            .openapi(),
+    )
+    .expect("json");
+    let api = testkit::openapi::Conformance::new(doc);
+    for body in [
+        add("Bolt", 3),
+        json!({"type": "add", "payload": {"title": "Oil", "quantity": 2, "unit": "litre"}}),
+        json!({"type": "restock", "payload": {"quantity": 5}}),
+        reserve("r1", 4, 1_000, 100),
+        json!({"type": "release", "payload": {"reservation_id": "r1"}}),
+        ship("r1", 500),
+    ] {
+        api.check_component("Commands.item", &body)
+            .unwrap_or_else(|e| panic!("{body} refused:\n{e}"));
+    }
+    for body in [
+        json!({"type": "reserve", "payload": {"reservation_id": "r1", "quantity": 1, "expires_at": 9}}),
+        json!({"type": "restock", "payload": {"quantity": "five"}}),
+        json!({"type": "restock", "payload": {"quantity": -1}}),
+        json!({"type": "sell", "payload": {}}),
+    ] {
+        assert!(
+            api.check_component("Commands.item", &body).is_err(),
+            "{body} accepted"
+        );
+    }
+}

@@ -43,7 +43,7 @@ clippy:
 # compiling them
 [group('gate')]
 test:
-    cargo build --locked -p aggregate -p projection --bins
+    cargo build --locked -p aggregate -p projection -p inventory --bins
     cargo nextest run --workspace --all-features --profile {{nextest_profile}} --no-tests=fail
     cargo test --workspace --all-features --doc
 

@@ -4,8 +4,8 @@
 //!
 //! - [`Service`]: the library API: a service of one's own views, built with
 //!   [`Service::builder`] and run; the shipped binary is [`shipped`] built the same way.
-//! - [`view`]: the [`view::View`] trait users implement; [`TypedView`] for a view of one
-//!   document per event over typed events and documents.
+//! - [`view`]: the [`view::View`] trait users implement over JSON; [`TypedView`] for a view
+//!   over typed events and documents (one document per event, or several).
 //! - [`views`]: the shipped `accounts` and `tenant-summary` views.
 //! - [`engine`]: consumers, batches, compare-and-set writes, checkpoint, parking.
 //! - [`store`]: bucket layout and reads.

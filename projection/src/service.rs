@@ -75,7 +75,7 @@ impl ServiceBuilder {
         self
     }
 
-    /// Registers a typed view (one document per event; see [`TypedView`]).
+    /// Registers a typed view (see [`TypedView`]).
     #[must_use]
     pub fn typed_view<V: TypedView>(mut self, view: V) -> Self {
         self.views.push(Arc::new(Typed(view)));

@@ -1,16 +1,17 @@
-//! Typed views: a view of one document per event written over the domain's own event and
-//! document types instead of JSON ([`TypedView`]); registered with
-//! [`crate::ServiceBuilder::typed_view`], which runs it as a [`View`]. Views that fold an event
-//! into several documents implement [`View::keys`] and [`View::fold`] directly.
+//! Typed views: a view written over the domain's own event and document types instead of JSON
+//! ([`TypedView`]), one document per event or several; registered with
+//! [`crate::ServiceBuilder::typed_view`], which runs it as a [`View`].
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use shared::{EventEnvelope, ViewName};
 
-use crate::view::{EventSpec, Fold, View, ViewError};
+use crate::view::{Docs, EventSpec, Folded, View, ViewError};
 
-/// A view of one document per event, over typed events and documents.
+/// A view over typed events and documents: it names the documents an event touches
+/// ([`TypedView::key`], or [`TypedView::keys`] for several), decodes the event once, and folds
+/// it into each of those documents.
 pub trait TypedView: Send + Sync + 'static {
     /// The events it folds, as [`TypedView::decode`] reads them.
     type Event;
@@ -23,9 +24,18 @@ pub trait TypedView: Send + Sync + 'static {
     fn version(&self) -> u32;
     /// The events it folds (see [`EventSpec`]); at least one.
     fn events(&self) -> Vec<EventSpec>;
-    /// The key of the document the event touches (see [`View::key`]); `None`: not for this
-    /// view.
-    fn key(&self, env: &EventEnvelope) -> Option<String>;
+    /// The key of the one document the event touches (see [`View::key`]); `None`: not for
+    /// this view. A view whose events touch several documents implements
+    /// [`TypedView::keys`] instead.
+    fn key(&self, env: &EventEnvelope) -> Option<String> {
+        let _ = env;
+        None
+    }
+    /// The keys of every document the event touches, each folded in turn (see
+    /// [`View::keys`]); empty: not for this view. The default: [`TypedView::key`].
+    fn keys(&self, env: &EventEnvelope) -> Vec<String> {
+        self.key(env).into_iter().collect()
+    }
     /// Reads the event (typically the aggregate type's own decoder, upcasters included);
     /// `Ok(None)`: an event type this view does not fold. An error parks the event, its message
     /// naming the field.
@@ -33,15 +43,18 @@ pub trait TypedView: Send + Sync + 'static {
     /// # Errors
     /// A payload that does not fit its event type.
     fn decode(&self, env: &EventEnvelope) -> Result<Option<Self::Event>, serde_json::Error>;
-    /// Folds the event into the document (`None`: none yet). `Some` sets the document, `None`
-    /// deletes it (or leaves none).
+    /// Folds the event into the document at `key`, one of [`TypedView::keys`] (`None`: no
+    /// document yet). `Some` sets the document, `None` deletes it (or leaves none). A
+    /// single-document view can ignore `key`.
     ///
     /// # Errors
-    /// The event is not valid in the document's state (the event is parked).
+    /// The event is not valid in the document's state (the event is parked; no document of
+    /// the event changes).
     fn fold(
         &self,
+        key: &str,
         doc: Option<Self::Document>,
-        event: Self::Event,
+        event: &Self::Event,
     ) -> Result<Option<Self::Document>, ViewError>;
 }
 
@@ -61,14 +74,14 @@ impl<V: TypedView> View for Typed<V> {
         self.0.events()
     }
 
-    fn key(&self, env: &EventEnvelope) -> Option<String> {
-        self.0.key(env)
+    fn keys(&self, env: &EventEnvelope) -> Vec<String> {
+        self.0.keys(env)
     }
 
-    fn apply(&self, doc: Option<Value>, env: &EventEnvelope) -> Result<Fold, ViewError> {
+    fn fold(&self, docs: &mut Docs, env: &EventEnvelope) -> Result<Folded, ViewError> {
         let event = match self.0.decode(env) {
             Ok(Some(event)) => event,
-            Ok(None) => return Ok(Fold::Unknown),
+            Ok(None) => return Ok(Folded::Unknown),
             Err(e) => {
                 return Err(ViewError::Payload {
                     event_type: env.event_type.clone(),
@@ -76,18 +89,37 @@ impl<V: TypedView> View for Typed<V> {
                 });
             }
         };
-        let existed = doc.is_some();
-        let doc = doc
-            .map(serde_json::from_value)
-            .transpose()
-            .map_err(|e| ViewError::State(format!("the stored document does not decode: {e}")))?;
-        match self.0.fold(doc, event)? {
-            Some(doc) => serde_json::to_value(doc)
-                .map(Fold::Set)
-                .map_err(|e| ViewError::State(format!("the document does not encode: {e}"))),
-            None if existed => Ok(Fold::Delete),
-            None => Ok(Fold::Unknown),
+        let keys: Vec<String> = docs.keys().map(str::to_owned).collect();
+        let mut changed = false;
+        for key in keys {
+            let current = docs.get(&key).cloned();
+            let existed = current.is_some();
+            let doc = current
+                .map(serde_json::from_value)
+                .transpose()
+                .map_err(|e| {
+                    ViewError::State(format!("the stored document {key} does not decode: {e}"))
+                })?;
+            match self.0.fold(&key, doc, &event)? {
+                Some(doc) => {
+                    let doc = serde_json::to_value(doc).map_err(|e| {
+                        ViewError::State(format!("the document {key} does not encode: {e}"))
+                    })?;
+                    docs.set(&key, doc)?;
+                    changed = true;
+                }
+                None if existed => {
+                    docs.delete(&key)?;
+                    changed = true;
+                }
+                None => {}
+            }
         }
+        Ok(if changed {
+            Folded::Applied
+        } else {
+            Folded::Unknown
+        })
     }
 }
 
@@ -98,7 +130,8 @@ mod tests {
 
     use super::*;
 
-    /// Counts `ticked` events per aggregate; the document goes away at `cleared`.
+    /// Counts `ticked` events per aggregate and in all (two documents per event: the
+    /// aggregate's and `all`); the aggregate's document goes away at `cleared`.
     struct Ticks;
 
     #[derive(Deserialize)]
@@ -123,8 +156,8 @@ mod tests {
         fn events(&self) -> Vec<EventSpec> {
             vec![EventSpec::new("clock", "ticked")]
         }
-        fn key(&self, env: &EventEnvelope) -> Option<String> {
-            Some(env.aggregate_id.to_string())
+        fn keys(&self, env: &EventEnvelope) -> Vec<String> {
+            vec![env.aggregate_id.to_string(), "all".to_owned()]
         }
         fn decode(&self, env: &EventEnvelope) -> Result<Option<Option<Ticked>>, serde_json::Error> {
             match env.event_type.as_str() {
@@ -135,12 +168,17 @@ mod tests {
         }
         fn fold(
             &self,
+            key: &str,
             doc: Option<Count>,
-            event: Option<Ticked>,
+            event: &Option<Ticked>,
         ) -> Result<Option<Count>, ViewError> {
-            Ok(event.map(|t| Count {
-                n: doc.map_or(0, |d| d.n) + t.by,
-            }))
+            let n = doc.as_ref().map_or(0, |d| d.n);
+            Ok(match event {
+                Some(t) => Some(Count { n: n + t.by }),
+                // clearing ends the aggregate's count; the total stays
+                None if key == "all" => doc,
+                None => None,
+            })
         }
     }
 
@@ -156,37 +194,64 @@ mod tests {
         .expect("envelope")
     }
 
-    #[test]
-    fn a_typed_fold_sets_deletes_or_leaves_the_document() {
+    /// Folds `event` into the documents its keys name, holding `current`; what the fold did and
+    /// the documents afterwards.
+    fn fold(
+        current: &[(&str, Value)],
+        event: &EventEnvelope,
+    ) -> Result<(Folded, Vec<(String, Option<Value>)>), ViewError> {
         let view = Typed(Ticks);
+        let mut docs = Docs::new(view.keys(event).into_iter().map(|k| {
+            let doc = current.iter().find(|(c, _)| *c == k).map(|(_, d)| d.clone());
+            (k, doc)
+        }));
+        let folded = view.fold(&mut docs, event)?;
+        let after = docs
+            .keys()
+            .map(|k| (k.to_owned(), docs.get(k).cloned()))
+            .collect();
+        Ok((folded, after))
+    }
+
+    #[test]
+    fn a_typed_fold_sets_deletes_or_leaves_each_document_the_event_names() {
+        let set = |k: &str, n: u64| (k.to_owned(), Some(json!({"n": n})));
         assert_eq!(
-            view.apply(Some(json!({"n": 2})), &env("ticked", json!({"by": 3}))),
-            Ok(Fold::Set(json!({"n": 5})))
+            fold(&[("c1", json!({"n": 2})), ("all", json!({"n": 7}))], &env("ticked", json!({"by": 3}))),
+            Ok((Folded::Applied, vec![set("c1", 5), set("all", 10)]))
         );
         assert_eq!(
-            view.apply(Some(json!({"n": 2})), &env("cleared", json!({}))),
-            Ok(Fold::Delete)
+            fold(&[], &env("ticked", json!({"by": 1}))),
+            Ok((Folded::Applied, vec![set("c1", 1), set("all", 1)]))
         );
         assert_eq!(
-            view.apply(None, &env("cleared", json!({}))),
-            Ok(Fold::Unknown)
+            fold(&[("c1", json!({"n": 2})), ("all", json!({"n": 7}))], &env("cleared", json!({}))),
+            Ok((Folded::Applied, vec![("c1".to_owned(), None), set("all", 7)]))
         );
-        assert_eq!(view.apply(None, &env("rang", json!({}))), Ok(Fold::Unknown));
+        assert_eq!(
+            fold(&[], &env("cleared", json!({}))).map(|(f, _)| f),
+            Ok(Folded::Unknown)
+        );
+        assert_eq!(
+            fold(&[], &env("rang", json!({}))).map(|(f, _)| f),
+            Ok(Folded::Unknown)
+        );
     }
 
     #[test]
     fn a_payload_or_document_that_does_not_decode_is_refused_naming_why() {
-        let view = Typed(Ticks);
         let Err(ViewError::Payload { event_type, detail }) =
-            view.apply(None, &env("ticked", json!({"by": "x"})))
+            fold(&[], &env("ticked", json!({"by": "x"})))
         else {
             panic!("not a payload error");
         };
         assert_eq!(event_type, "ticked");
         assert!(detail.contains("invalid type"), "{detail}");
-        assert!(matches!(
-            view.apply(Some(json!({"n": "x"})), &env("ticked", json!({"by": 1}))),
-            Err(ViewError::State(_))
-        ));
+        let Err(ViewError::State(why)) =
+            fold(&[("all", json!({"n": "x"}))], &env("ticked", json!({"by": 1})))
+        else {
+            panic!("not a state error");
+        };
+        assert!(why.contains("document all does not decode"), "{why}");
     }
 }

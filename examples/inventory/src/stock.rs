@@ -118,14 +118,15 @@ impl TypedView for ItemStock {
 
     fn fold(
         &self,
+        _: &str,
         doc: Option<StockDocument>,
-        event: ItemEvent,
+        event: &ItemEvent,
     ) -> Result<Option<StockDocument>, ViewError> {
-        let (on_hand, reserved) = totals(&event);
+        let (on_hand, reserved) = totals(event);
         let doc = match (event, doc) {
             (ItemEvent::Added { title, unit, .. }, _) => StockDocument {
-                title,
-                unit,
+                title: title.clone(),
+                unit: unit.clone(),
                 on_hand,
                 reserved,
                 available: 0,
@@ -172,10 +173,11 @@ impl TypedView for LowStock {
 
     fn fold(
         &self,
+        _: &str,
         _: Option<LowStockDocument>,
-        event: ItemEvent,
+        event: &ItemEvent,
     ) -> Result<Option<LowStockDocument>, ViewError> {
-        let (on_hand, reserved) = totals(&event);
+        let (on_hand, reserved) = totals(event);
         let available = on_hand.saturating_sub(reserved);
         // a document while the item is low, none otherwise
         Ok((available < LOW_STOCK_BELOW).then_some(LowStockDocument {

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use platform::openapi::{BearerAuth, ClosedObjects};
-use utoipa::OpenApi;
 use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Schema, Type};
+use utoipa::{Modify as _, OpenApi};
 
 use shared::AggregateType;
 
@@ -36,7 +36,10 @@ pub fn document<'a>(
     for aggregate in aggregates {
         let ty = aggregate.aggregate_type();
         let commands = match aggregate.command_schema() {
-            Some(CommandSchema { schema, components: refs }) => {
+            Some(CommandSchema {
+                schema,
+                components: refs,
+            }) => {
                 components.schemas.extend(refs);
                 schema
             }
@@ -46,6 +49,8 @@ pub fn document<'a>(
             .schemas
             .insert(format!("Commands.{ty}"), commands);
     }
+    // the commands' objects are closed as the rest (their payloads refuse unknown fields)
+    ClosedObjects.modify(&mut doc);
     doc
 }
 

@@ -4,7 +4,6 @@
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_json::Value;
 use shared::{EventEnvelope, ViewName};
 
 use crate::view::{Docs, EventSpec, Folded, View, ViewError};
@@ -126,7 +125,7 @@ impl<V: TypedView> View for Typed<V> {
 #[cfg(test)]
 mod tests {
     use serde::Deserialize;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     use super::*;
 
@@ -194,15 +193,21 @@ mod tests {
         .expect("envelope")
     }
 
+    /// Each key of an event with its document after the fold.
+    type After = Vec<(String, Option<Value>)>;
+
     /// Folds `event` into the documents its keys name, holding `current`; what the fold did and
     /// the documents afterwards.
     fn fold(
         current: &[(&str, Value)],
         event: &EventEnvelope,
-    ) -> Result<(Folded, Vec<(String, Option<Value>)>), ViewError> {
+    ) -> Result<(Folded, After), ViewError> {
         let view = Typed(Ticks);
         let mut docs = Docs::new(view.keys(event).into_iter().map(|k| {
-            let doc = current.iter().find(|(c, _)| *c == k).map(|(_, d)| d.clone());
+            let doc = current
+                .iter()
+                .find(|(c, _)| *c == k)
+                .map(|(_, d)| d.clone());
             (k, doc)
         }));
         let folded = view.fold(&mut docs, event)?;
@@ -217,7 +222,10 @@ mod tests {
     fn a_typed_fold_sets_deletes_or_leaves_each_document_the_event_names() {
         let set = |k: &str, n: u64| (k.to_owned(), Some(json!({"n": n})));
         assert_eq!(
-            fold(&[("c1", json!({"n": 2})), ("all", json!({"n": 7}))], &env("ticked", json!({"by": 3}))),
+            fold(
+                &[("c1", json!({"n": 2})), ("all", json!({"n": 7}))],
+                &env("ticked", json!({"by": 3}))
+            ),
             Ok((Folded::Applied, vec![set("c1", 5), set("all", 10)]))
         );
         assert_eq!(
@@ -225,8 +233,14 @@ mod tests {
             Ok((Folded::Applied, vec![set("c1", 1), set("all", 1)]))
         );
         assert_eq!(
-            fold(&[("c1", json!({"n": 2})), ("all", json!({"n": 7}))], &env("cleared", json!({}))),
-            Ok((Folded::Applied, vec![("c1".to_owned(), None), set("all", 7)]))
+            fold(
+                &[("c1", json!({"n": 2})), ("all", json!({"n": 7}))],
+                &env("cleared", json!({}))
+            ),
+            Ok((
+                Folded::Applied,
+                vec![("c1".to_owned(), None), set("all", 7)]
+            ))
         );
         assert_eq!(
             fold(&[], &env("cleared", json!({}))).map(|(f, _)| f),
@@ -247,9 +261,10 @@ mod tests {
         };
         assert_eq!(event_type, "ticked");
         assert!(detail.contains("invalid type"), "{detail}");
-        let Err(ViewError::State(why)) =
-            fold(&[("all", json!({"n": "x"}))], &env("ticked", json!({"by": 1})))
-        else {
+        let Err(ViewError::State(why)) = fold(
+            &[("all", json!({"n": "x"}))],
+            &env("ticked", json!({"by": 1})),
+        ) else {
             panic!("not a state error");
         };
         assert!(why.contains("document all does not decode"), "{why}");

@@ -92,7 +92,11 @@ fn the_document_describes_each_command_payload_as_the_account_decodes_it() {
         .expect("account is shipped");
     let decide = |body: &Value| {
         let payload = body.get("payload").cloned().unwrap_or(Value::Null);
-        account.decide(&account.initial(), body["type"].as_str().expect("type"), payload)
+        account.decide(
+            &account.initial(),
+            body["type"].as_str().expect("type"),
+            payload,
+        )
     };
     let bad_input = |r: &Result<_, DecideError>| {
         matches!(
@@ -123,6 +127,10 @@ fn the_document_describes_each_command_payload_as_the_account_decodes_it() {
             api.check_component("Commands.account", body).is_err(),
             "{body} accepted by the schema"
         );
-        assert!(bad_input(&decide(body)), "{body} decoded: {:?}", decide(body).map(|_| ()));
+        assert!(
+            bad_input(&decide(body)),
+            "{body} decoded: {:?}",
+            decide(body).map(|_| ())
+        );
     }
 }

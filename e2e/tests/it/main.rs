@@ -5,6 +5,7 @@ mod binaries;
 mod console;
 mod cors;
 mod devshell;
+mod inventory;
 mod live;
 mod oidc;
 mod stack;

@@ -25,6 +25,9 @@
     rust-overlay,
     advisory-db,
   }: let
+    # lib.mkServices: a crate's service binaries and images, built as ours are (nix/services.nix)
+    mkServices = import ./nix/services.nix {inherit crane rust-overlay;};
+
     systems = [
       "x86_64-linux"
       "aarch64-linux"
@@ -38,10 +41,9 @@
         overlays = [rust-overlay.overlays.default];
       };
       common = import ./nix/common.nix {inherit pkgs crane;};
-      binaries = import ./nix/packages.nix {inherit pkgs common;};
-      images = import ./nix/images.nix {inherit self pkgs binaries;};
+      binaries = import ./nix/packages.nix {inherit self pkgs common mkServices;};
     in {
-      packages = binaries // images;
+      packages = binaries;
       checks = import ./nix/checks.nix {inherit pkgs common advisory-db;};
       devShells.default = import ./nix/devshell.nix {
         inherit pkgs common;
@@ -55,5 +57,8 @@
   in
     nixpkgs.lib.genAttrs ["packages" "checks" "devShells" "apps" "formatter"] (
       output: nixpkgs.lib.mapAttrs (_: outputs: outputs.${output}) outputsFor
-    );
+    )
+    // {
+      lib = {inherit mkServices;};
+    };
 }

@@ -1,7 +1,8 @@
 # `nix run`: the local stack (nats-server, both services, the gateway), started like `just up`
-# with the Nix-built binaries. `nix run .#stack -- <command>`: any other command of the stack
-# script (down, status, logs, token [T...], kill NAME, start NAME, cluster-up). `nix run .#nats`:
-# only a JetStream-enabled nats-server on 127.0.0.1:4222.
+# with the Nix-built binaries; `nix run .#inventory`: the same with the inventory example's
+# services beside account (`INVENTORY=1 just up`). `nix run .#stack -- <command>`: any other
+# command of the stack script (down, status, logs, token [T...], kill NAME, start NAME,
+# cluster-up). `nix run .#nats`: only a JetStream-enabled nats-server on 127.0.0.1:4222.
 #
 # They work from any directory (e.g. `nix run github:<owner>/<repo>`): the stack script, the
 # gateway template, the console and the token tool come from the derivation, not from the
@@ -42,7 +43,8 @@
     mkdir -p "$STACK_DIR"
   '';
 
-  stack = name: command:
+  # `env`: more of the stack script's environment (exports)
+  stack = name: env: command:
     pkgs.writeShellApplication {
       inherit name;
       runtimeInputs = [pkgs.nats-server pkgs.nginx pkgs.curl pkgs.coreutils pkgs.procps pkgs.python3];
@@ -50,6 +52,7 @@
         ${stateDir}
         export AGGREGATE_BIN=${lib.getExe binaries.aggregate}
         export PROJECTION_BIN=${lib.getExe binaries.projection}
+        ${env}
         exec ${stackFiles}/share/nats-es/scripts/stack.sh ${command}
       '';
     };
@@ -60,7 +63,15 @@
     meta = {inherit description;};
   };
 in {
-  default = app (stack "nats-es-up" ''up "$@"'') "the local stack (nats-server, both services, the gateway), from any directory";
-  stack = app (stack "nats-es-stack" ''"$@"'') "the stack script: down, status, logs, token [T...], kill NAME, start NAME, cluster-up";
-  nats = app (stack "nats-es-nats" ''nats "$@"'') "a JetStream nats-server on 127.0.0.1:4222 in the foreground";
+  default = app (stack "nats-es-up" "" ''up "$@"'') "the local stack (nats-server, both services, the gateway), from any directory";
+  # the inventory example's binaries are built only for this one
+  inventory =
+    app (stack "nats-es-up-inventory" ''
+      export INVENTORY=1
+      export INVENTORY_AGGREGATE_BIN=${lib.getExe binaries.inventory-aggregate}
+      export INVENTORY_PROJECTION_BIN=${lib.getExe binaries.inventory-projection}
+    '' ''up "$@"'')
+    "the local stack with the inventory example's services beside account (INVENTORY=1)";
+  stack = app (stack "nats-es-stack" "" ''"$@"'') "the stack script: down, status, logs, token [T...], kill NAME, start NAME, cluster-up";
+  nats = app (stack "nats-es-nats" "" ''nats "$@"'') "a JetStream nats-server on 127.0.0.1:4222 in the foreground";
 }

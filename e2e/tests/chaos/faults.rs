@@ -58,8 +58,7 @@ impl Run {
     }
 
     /// Stops the load, records the load figures and runs the invariant check.
-    /// With `expect_503`, clients must also have seen at least one 503 (NATS was down).
-    async fn finish(self, load: Load, fault_at: Instant, mut report: Report, expect_503: bool) {
+    async fn finish(self, load: Load, fault_at: Instant, mut report: Report) {
         let started = load.started;
         let mut out = load.stop().await;
         let ended = Instant::now();
@@ -84,13 +83,6 @@ impl Run {
         report.set_percentiles("command", &out.command_latencies, &["p50", "p99", "max"]);
         report.set_percentiles("read_your_writes", &out.read_latencies, &["p99", "max"]);
         invariants::check(&self.stack, &self.workload, &out, &mut report).await;
-        if expect_503 {
-            assert!(
-                out.command_statuses.get(&503).copied().unwrap_or(0) > 0,
-                "no command got a 503 while NATS was down: {:?}",
-                out.command_statuses
-            );
-        }
     }
 }
 
@@ -165,7 +157,7 @@ async fn a_killing_the_stream_leader_node_loses_and_duplicates_nothing() {
     report.set_ms("node_healthy_after_restart_ms", t.elapsed());
     run.phase(&load, "acknowledgements after the node came back")
         .await;
-    run.finish(load, fault_at, report, false).await;
+    run.finish(load, fault_at, report).await;
 }
 
 /// (b) kill -9 one aggregate and one projection instance mid-load, restart them.
@@ -228,7 +220,7 @@ async fn b_killing_service_instances_loses_and_duplicates_nothing() {
     run.stack.start("projection-1").await;
     report.set_ms("instances_ready_after_restart_ms", t.elapsed());
     run.phase(&load, "acknowledgements after the restart").await;
-    run.finish(load, fault_at, report, false).await;
+    run.finish(load, fault_at, report).await;
 }
 
 async fn readyz(http: &reqwest::Client, base: &str) -> Option<u16> {
@@ -269,6 +261,29 @@ async fn c_restarting_nats_loses_nothing_and_answers_503_meanwhile() {
         .await;
     }
     report.set_ms("all_readyz_503_after_ms", fault_at.elapsed());
+    // a command sent while NATS is gone is answered 503 with Retry-After at once, never a 500
+    // nor a hang (the load's clients may all be waiting on requests sent before the fault, so
+    // whether one of theirs falls into the outage is timing; this one does by construction):
+    // fresh aggregates of a workload tenant, spread over the aggregate instances by their ids
+    let tenant = run.workload.tenants[0].clone();
+    let auth = format!("Bearer {}", Stack::token(std::slice::from_ref(&tenant)));
+    for n in 0..8 {
+        let probe = http
+            .post(format!(
+                "{}/v1/tenants/{tenant}/aggregates/account/probe-nats-down-{n}/commands",
+                run.stack.gateway
+            ))
+            .header("authorization", &auth)
+            .json(&serde_json::json!({"type": "open", "payload": {"owner": "Probe", "currency": "EUR"}}))
+            .send()
+            .await
+            .expect("a command while NATS is down is answered within 2 s");
+        assert_eq!(probe.status(), 503, "a command while NATS is down");
+        assert!(
+            probe.headers().contains_key("retry-after"),
+            "503 without Retry-After"
+        );
+    }
     let t = Instant::now();
     run.stack.start("nats").await;
     report.set_ms("nats_healthy_after_restart_ms", t.elapsed());
@@ -294,5 +309,5 @@ async fn c_restarting_nats_loses_nothing_and_answers_503_meanwhile() {
     .await;
     report.set_ms("first_progress_after_outage_ms", fault_at.elapsed());
     run.phase(&load, "acknowledgements after the restart").await;
-    run.finish(load, fault_at, report, true).await;
+    run.finish(load, fault_at, report).await;
 }

@@ -457,7 +457,22 @@ fn arbitrary_requests_never_get_a_5xx_and_every_4xx_is_problem_json() {
             return Ok(());
         };
         *stats.lock().expect("lock").entry(a.status).or_default() += 1;
-        let ok_5xx = a.status == 503 && a.slug() == "position-not-reached";
+        let mut ok_5xx = a.status == 503 && a.slug() == "position-not-reached";
+        if a.status == 503 && c.method == "HEAD" {
+            // a HEAD answer has no body to name its problem: the same request as GET does
+            // (the position may have been reached meanwhile: 200 then)
+            let get = rt.block_on(send(
+                &s,
+                "GET",
+                &uri,
+                token.as_deref(),
+                c.content_type,
+                c.body.clone(),
+            ));
+            ok_5xx = get.is_some_and(|g| {
+                g.status == 200 || (g.status == 503 && g.slug() == "position-not-reached")
+            });
+        }
         if a.status >= 500 && !ok_5xx {
             return Err(TestCaseError::fail(format!(
                 "{} {uri} -> {} {}",

@@ -100,14 +100,19 @@ pub fn distinct_free_ports(n: usize) -> Vec<u16> {
 /// One nats-server, or three (`n1..n3`, processes `nats-n1..nats-n3`) with `STREAM_REPLICAS=3`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Topology {
+    /// One nats-server.
     Single,
+    /// Three nats-servers with routes, streams and buckets replicated three times.
     Cluster,
 }
 
 /// A running stack; `scripts/stack.sh down` on drop.
 pub struct Stack {
+    /// The stack's directory (`STACK_DIR`: data, logs, pid files), removed on drop.
     pub dir: tempfile::TempDir,
+    /// One nats-server or three.
     pub topology: Topology,
+    /// The gateway's base URL, `http://127.0.0.1:<port>`.
     pub gateway: String,
     /// Client URLs of every nats-server.
     pub nats_urls: Vec<String>,
@@ -401,16 +406,19 @@ impl Stack {
             .unwrap_or_else(|| panic!("no VmRSS for {name} (pid {pid})"))
     }
 
+    /// A token the stack's services accept, granting `tenants` (no admin).
     pub fn token<T: AsRef<str>>(tenants: &[T]) -> String {
         let tenants: Vec<String> = tenants.iter().map(|t| t.as_ref().to_owned()).collect();
         platform::auth::mint_hs256(SECRET.as_bytes(), "e2e", &tenants, 3600).expect("token")
     }
 
+    /// A token granting the admin routes and no tenant.
     pub fn admin_token() -> String {
         platform::auth::mint_hs256_claims(SECRET.as_bytes(), "e2e-ops", &[], true, 3600)
             .expect("admin token")
     }
 
+    /// A client of the stack's nats-server(s), for checks behind the services' backs.
     pub async fn nats(&self) -> async_nats::Client {
         async_nats::ConnectOptions::new()
             .name("e2e-checker")

@@ -43,6 +43,7 @@ pub struct Wakeup {
 }
 
 impl Wakeups {
+    /// Wake-ups over `client`, with no subscription yet: the first feed on a subject subscribes.
     pub fn new(client: async_nats::Client) -> Self {
         Wakeups {
             client,

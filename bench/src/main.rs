@@ -25,6 +25,11 @@ use serde::Serialize;
 use crate::report::Row;
 use crate::scenarios::{Ctx, Sizes};
 
+/// The services' allocator (their `main.rs`), so that the library rows measure what the
+/// services run.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Benchmarks our code against the raw-JetStream baseline.
 #[derive(Debug, Parser)]
 #[command(name = "bench")]

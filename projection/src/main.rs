@@ -1,6 +1,12 @@
 //! `projection`: the read-side service of the shipped views. See the library docs and
 //! README.md.
 
+/// mimalloc, not glibc's malloc: under load glibc's `malloc`/`free`/`malloc_consolidate` took
+/// about half of the projection's CPU (BENCHMARKS.md, full run of 2026-12-07). A service built on
+/// the library chooses its own allocator the same way, in its binary.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     projection::shipped().build()?.run().await

@@ -196,18 +196,27 @@ pub(crate) async fn projection(sizes: &Sizes) -> anyhow::Result<Vec<Row>> {
     Ok(rows)
 }
 
-async fn views(sizes: &Sizes) -> anyhow::Result<Vec<Row>> {
+/// A nats-server of the scenario's own whose stream holds `events` valid account events over
+/// `accounts` accounts; the source goes on from there. Also how long the publishing took.
+async fn backlog(
+    accounts: usize,
+    events: usize,
+) -> anyhow::Result<(testkit::NatsServer, Raw, EventSource, Duration)> {
     let server = testkit::NatsServer::start();
     let raw = Raw::connect(&server.url()).await?;
-    let js = &raw.js;
-    platform::nats::ensure_stream(js, &shared::StreamSpec::events(1)).await?;
-    let events = sizes.projection_events;
-    let mut source = EventSource::new(ACCOUNTS)?;
+    platform::nats::ensure_stream(&raw.js, &shared::StreamSpec::events(1)).await?;
+    let mut source = EventSource::new(accounts)?;
     let started = Instant::now();
     source.publish(&raw, events).await?;
+    Ok((server, raw, source, started.elapsed()))
+}
+
+async fn views(sizes: &Sizes) -> anyhow::Result<Vec<Row>> {
+    let events = sizes.projection_events;
+    let (server, raw, mut source, took) = backlog(ACCOUNTS, events).await?;
+    let js = &raw.js;
     progress(format_args!(
-        "projection: {events} events over {ACCOUNTS} accounts written in {:.1?} (own nats-server)",
-        started.elapsed()
+        "projection: {events} events over {ACCOUNTS} accounts written in {took:.1?} (own nats-server)"
     ));
 
     // baselines, on the same backlog
@@ -394,17 +403,11 @@ async fn views(sizes: &Sizes) -> anyhow::Result<Vec<Row>> {
 /// accounts`), its peak RSS (VmHWM) sampled until it exits.
 async fn rebuild_memory(sizes: &Sizes) -> anyhow::Result<Vec<Row>> {
     let (_, binary) = tokio::task::spawn_blocking(e2e::binaries).await?;
-    let server = testkit::NatsServer::start();
-    let raw = Raw::connect(&server.url()).await?;
-    platform::nats::ensure_stream(&raw.js, &shared::StreamSpec::events(1)).await?;
     let events = sizes.projection_memory_events;
     let accounts = sizes.projection_memory_accounts;
-    let mut source = EventSource::new(accounts)?;
-    let started = Instant::now();
-    source.publish(&raw, events).await?;
+    let (server, _raw, _source, took) = backlog(accounts, events).await?;
     progress(format_args!(
-        "projection memory: {events} events over {accounts} accounts written in {:.1?}",
-        started.elapsed()
+        "projection memory: {events} events over {accounts} accounts written in {took:.1?}"
     ));
     let started = Instant::now();
     let mut child = tokio::process::Command::new(&binary)
@@ -514,13 +517,9 @@ impl projection::view::View for BenchCount {
 /// Four views on one stream (the two shipped ones and two bench-only ones) against four KV sinks
 /// running at once, on a nats-server of their own: the service's total applied rate, live.
 async fn four_views(sizes: &Sizes) -> anyhow::Result<Vec<Row>> {
-    let server = testkit::NatsServer::start();
-    let raw = Raw::connect(&server.url()).await?;
-    let js = &raw.js;
-    platform::nats::ensure_stream(js, &shared::StreamSpec::events(1)).await?;
     let events = sizes.projection_events;
-    let mut source = EventSource::new(ACCOUNTS)?;
-    source.publish(&raw, events).await?;
+    let (server, raw, mut source, _) = backlog(ACCOUNTS, events).await?;
+    let js = &raw.js;
 
     // baseline: four pipelined sinks at once, on the same backlog
     let mode = SinkMode {

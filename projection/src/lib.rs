@@ -84,7 +84,7 @@ pub struct Config {
     /// Updated in place on the consumer.
     #[arg(long, env = "PRIORITY_TIMEOUT_MS", default_value_t = 2_000)]
     pub priority_timeout_ms: u64,
-    /// Events per batch (also the consumer's max_ack_pending). Part of the consumer
+    /// Events per batch (the consumer's max_ack_pending is three batches). Part of the consumer
     /// configuration.
     #[arg(long, env = "BATCH_SIZE", default_value_t = 500)]
     pub batch_size: usize,

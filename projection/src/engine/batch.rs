@@ -38,13 +38,67 @@ struct Item<'a> {
 }
 
 /// A document as the batch in hand sees it.
-struct Working {
+pub(crate) struct Working {
     doc: Option<Value>,
     revision: Option<u64>,
     /// Whether `doc` came from the in-memory cache rather than from the bucket.
     from_cache: bool,
     /// Changed by this batch.
     dirty: bool,
+    /// Taken from the commit in flight: its revision is the one that commit gets.
+    in_flight: bool,
+}
+
+/// A batch folded into one commit that is not written yet (see [`InFlight`]).
+pub(crate) struct Folded {
+    working: HashMap<String, Working>,
+    dirty_order: Vec<String>,
+    position: u64,
+    together: bool,
+    counts: Counts,
+    last_occurred: Option<OffsetDateTime>,
+}
+
+/// What a commit in flight came to.
+pub(crate) type Written = Result<Vec<u64>, CommitError>;
+
+/// A batch's commit being written while the next batch is folded: the documents it writes
+/// (the next batch folds on them), the checkpoint it moves to, the batch it acknowledges once
+/// written. One at a time, in stream order: a batch's writes start only after the previous
+/// batch's were written (they need its revisions), and a batch is acknowledged only after its
+/// own commit. If it fails, the batch is applied again the careful way and whatever was folded
+/// on it is folded again.
+pub(crate) struct InFlight {
+    task: tokio::task::JoinHandle<Written>,
+    writes: Vec<DocWrite>,
+    /// Index of each document (not the checkpoint) in `writes`.
+    by_key: HashMap<String, usize>,
+    position: u64,
+    messages: Vec<Message>,
+    counts: Counts,
+    last_occurred: Option<OffsetDateTime>,
+}
+
+impl InFlight {
+    /// The checkpoint it moves to.
+    pub(crate) fn position(&self) -> u64 {
+        self.position
+    }
+
+    /// Its outcome, once written (never, when there is none).
+    pub(crate) async fn written(in_flight: Option<&mut InFlight>) -> Written {
+        match in_flight {
+            Some(f) => (&mut f.task)
+                .await
+                .unwrap_or_else(|e| Err(StoreError::new("committing the batch", e).into())),
+            None => std::future::pending().await,
+        }
+    }
+
+    /// The document it writes at `key`, if any.
+    fn doc(&self, key: &str) -> Option<&Value> {
+        self.by_key.get(key).map(|&i| &self.writes[i].doc)
+    }
 }
 
 /// What one commit's worth of a batch holds while it is folded.
@@ -84,6 +138,7 @@ impl Projector {
             .flatten()
             .map(|(full, _)| full)
             .filter(|k| !self.cache.contains_key(k) && !self.cache.known_absent(k))
+            .filter(|k| self.in_flight.as_ref().is_none_or(|f| f.doc(k).is_none()))
             .collect();
         keys.sort_unstable();
         keys.dedup();
@@ -106,6 +161,20 @@ impl Projector {
         if working.contains_key(key) {
             return Ok(());
         }
+        if let Some(doc) = self.in_flight.as_ref().and_then(|f| f.doc(key)) {
+            // newer than anything cached or stored: the commit in flight writes it
+            working.insert(
+                key.to_owned(),
+                Working {
+                    doc: Some(doc.clone()),
+                    revision: None,
+                    from_cache: false,
+                    dirty: false,
+                    in_flight: true,
+                },
+            );
+            return Ok(());
+        }
         let (stored, from_cache) = if let Some(d) = self.cache.get(key) {
             (Some(d.clone()), true)
         } else if self.cache.known_absent(key) {
@@ -123,6 +192,7 @@ impl Projector {
                 doc: stored.map(|d| d.doc),
                 from_cache,
                 dirty: false,
+                in_flight: false,
             },
         );
         Ok(())
@@ -130,7 +200,12 @@ impl Projector {
 
     /// One batch: fold, commit documents and checkpoint atomically, ack. A batch that touches
     /// more documents than one atomic commit takes is committed in several chunks, in order.
-    pub(super) async fn process(&mut self, batch: &[Message]) -> Result<(), StoreError> {
+    /// With pipelining on, a batch that folds into one commit without parking anything is
+    /// returned folded instead ([`Projector::start_in_flight`] writes it).
+    pub(super) async fn process(
+        &mut self,
+        batch: &[Message],
+    ) -> Result<Option<Folded>, StoreError> {
         let mut items = Vec::with_capacity(batch.len());
         for m in batch {
             let seq = m
@@ -147,12 +222,22 @@ impl Projector {
         self.prefetch(&items).await?;
         let mut marks = self.marks().await?;
         let mut done = 0;
+        let mut folded = None;
         while done < items.len() {
-            done += self.process_chunk(&items[done..], &mut marks).await?;
+            match self
+                .process_chunk(&items[done..], &mut marks, done == 0)
+                .await?
+            {
+                ChunkOutcome::Committed(n) => done += n,
+                ChunkOutcome::Folded(f) => {
+                    folded = Some(f);
+                    break;
+                }
+            }
         }
         self.prefetched.clear();
         self.marks = Some((self.marks_seen, marks));
-        Ok(())
+        Ok(folded)
     }
 
     /// Folds items from the start of `items` until one atomic commit is full, commits, acks.
@@ -161,7 +246,8 @@ impl Projector {
         &mut self,
         items: &[Item<'_>],
         marks: &mut Marks,
-    ) -> Result<usize, StoreError> {
+        first: bool,
+    ) -> Result<ChunkOutcome, StoreError> {
         let mut chunk = Chunk {
             last_seq: self.checkpoint,
             ..Chunk::default()
@@ -188,6 +274,26 @@ impl Projector {
             };
             chunk.dispositions.push(disposition);
         }
+        if self.pipelining && first && chunk.dispositions.len() == items.len() && !chunk.parked_any
+        {
+            // the whole batch in one commit, nothing parked: written while the next is folded
+            return Ok(ChunkOutcome::Folded(Folded {
+                working: chunk.working,
+                dirty_order: chunk.dirty_order,
+                position: chunk.last_seq,
+                together: chunk.multi_document,
+                counts: chunk.counts,
+                last_occurred: chunk.last_occurred,
+            }));
+        }
+        // written here and now: after the commit in flight (if that failed, this chunk was
+        // folded on documents that were not written: fold again)
+        if !self.finish_in_flight(None).await {
+            return Err(StoreError::new(
+                "committing the batch",
+                "the batch before it failed to commit and was applied again; folding again",
+            ));
+        }
         let dispositions = std::mem::take(&mut chunk.dispositions);
         self.commit_chunk(
             chunk.working,
@@ -202,18 +308,125 @@ impl Projector {
             self.marks_seen = 0;
         }
         let consumed = dispositions.len();
-        for (item, d) in items.iter().zip(dispositions) {
-            let r = match d {
-                Disposition::Ack => item.message.ack().await,
-                Disposition::Term => item.message.ack_with(AckKind::Term).await,
-            };
-            if let Err(e) = r {
-                // redelivered later and acknowledged as done (at or below the checkpoint)
-                tracing::debug!(error = %e, "ack failed");
+        if self.ack_all {
+            // one ack covers the chunk: everything up to its last event is committed
+            if let Some(last) = items.get(consumed.saturating_sub(1)) {
+                ack(last.message, Disposition::Ack).await;
+            }
+        } else {
+            for (item, d) in items.iter().zip(dispositions) {
+                ack(item.message, d).await;
             }
         }
         self.record_metrics(chunk.counts, chunk.last_occurred);
-        Ok(consumed)
+        Ok(ChunkOutcome::Committed(consumed))
+    }
+
+    /// Starts writing a folded batch (after the previous commit finished): its documents
+    /// and the checkpoint, on a task of their own.
+    pub(super) fn start_in_flight(&mut self, folded: Folded, messages: Vec<Message>) {
+        let Folded {
+            mut working,
+            dirty_order,
+            position,
+            together,
+            counts,
+            last_occurred,
+        } = folded;
+        let mut writes = Vec::with_capacity(dirty_order.len() + 1);
+        for key in dirty_order {
+            let Some(w) = working.remove(&key) else {
+                continue;
+            };
+            let revision = if w.in_flight {
+                self.written_last.get(&key).copied()
+            } else {
+                w.revision
+            };
+            writes.push(DocWrite {
+                key,
+                doc: w.doc.unwrap_or(Value::Null),
+                revision,
+            });
+        }
+        let by_key = writes
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (w.key.clone(), i))
+            .collect();
+        writes.push(DocWrite {
+            key: CHECKPOINT_KEY.to_owned(),
+            doc: self.checkpoint_doc(position.max(self.checkpoint)),
+            revision: self.checkpoint_rev,
+        });
+        let js = self.js.clone();
+        let docs = self.rt.docs.clone();
+        let to_write = writes.clone();
+        let task = tokio::spawn(async move { write_chunk(&js, &docs, &to_write, together).await });
+        self.in_flight = Some(InFlight {
+            task,
+            writes,
+            by_key,
+            position,
+            messages,
+            counts,
+            last_occurred,
+        });
+    }
+
+    /// The end of a commit in flight: on success its documents are cached, the checkpoint
+    /// moves, the batch is acknowledged and counted. Returns the batch with the outcome.
+    pub(super) async fn end_in_flight(
+        &mut self,
+        in_flight: InFlight,
+        written: Option<Written>,
+    ) -> (Result<(), StoreError>, Vec<Message>) {
+        let InFlight {
+            mut task,
+            writes,
+            position,
+            messages,
+            counts,
+            last_occurred,
+            ..
+        } = in_flight;
+        let written = match written {
+            Some(w) => w,
+            None => (&mut task)
+                .await
+                .unwrap_or_else(|e| Err(StoreError::new("committing the batch", e).into())),
+        };
+        let revisions = match written {
+            Ok(r) => r,
+            Err(e) => return (Err(commit_failure(e)), messages),
+        };
+        self.rt.metrics.commits.get_or_create(&self.rt.labels).inc();
+        self.checkpoint = position.max(self.checkpoint);
+        self.checkpoint_rev = revisions.last().copied();
+        self.written_last.clear();
+        let n = writes.len();
+        for (w, rev) in writes.into_iter().zip(revisions).take(n - 1) {
+            self.written_last.insert(w.key.clone(), rev);
+            self.cache.insert(
+                w.key,
+                StoredDoc {
+                    doc: w.doc,
+                    revision: rev,
+                },
+            );
+        }
+        if self.ack_all {
+            if let Some(last) = messages.last() {
+                ack(last, Disposition::Ack).await;
+            }
+        } else {
+            for m in &messages {
+                ack(m, Disposition::Ack).await;
+            }
+        }
+        self.record_metrics(counts, last_occurred);
+        self.rt.note_failure(None);
+        (Ok(()), messages)
     }
 
     /// One event after the checkpoint: parked behind a mark, parked for a cause found before
@@ -402,29 +615,9 @@ impl Projector {
             doc: self.checkpoint_doc(position.max(self.checkpoint)),
             revision: self.checkpoint_rev,
         });
-        let written = if together || writes.len() <= 1 {
-            commit(&self.js, &self.rt.docs, &writes).await
-        } else {
-            let (docs, checkpoint) = writes.split_at(writes.len() - 1);
-            match write_each(&self.js, &self.rt.docs, docs).await {
-                Ok(mut revisions) => commit(&self.js, &self.rt.docs, checkpoint).await.map(|r| {
-                    revisions.extend(r);
-                    revisions
-                }),
-                Err(e) => Err(e),
-            }
-        };
-        let revisions = match written {
-            Ok(r) => r,
-            Err(CommitError::Conflict) => {
-                return Err(StoreError::new(
-                    "committing the batch",
-                    "a document or the checkpoint changed since it was read (another writer); \
-                     the checkpoint did not move",
-                ));
-            }
-            Err(CommitError::Store(e)) => return Err(e),
-        };
+        let revisions = write_chunk(&self.js, &self.rt.docs, &writes, together)
+            .await
+            .map_err(commit_failure)?;
         self.rt.metrics.commits.get_or_create(&self.rt.labels).inc();
         let checkpoint_rev = revisions.last().copied();
         let n = writes.len();
@@ -452,5 +645,55 @@ impl Projector {
             let behind = (OffsetDateTime::now_utc() - at).as_seconds_f64().max(0.0);
             m.behind_seconds.get_or_create(labels).set(behind);
         }
+    }
+}
+
+/// What one chunk of a batch came to.
+enum ChunkOutcome {
+    /// Committed and acknowledged: this many items.
+    Committed(usize),
+    /// The whole batch, folded, not written yet.
+    Folded(Folded),
+}
+
+/// Acknowledges one message as `d` says (a failure is redelivered later and acknowledged as
+/// done, at or below the checkpoint).
+async fn ack(m: &Message, d: Disposition) {
+    let r = match d {
+        Disposition::Ack => m.ack().await,
+        Disposition::Term => m.ack_with(AckKind::Term).await,
+    };
+    if let Err(e) = r {
+        tracing::debug!(error = %e, "ack failed");
+    }
+}
+
+/// A chunk's documents and, last, the checkpoint: in one atomic commit when an event changed
+/// several documents (`together`), else each document on its own, all in flight at once, and
+/// the checkpoint after them (see [`write_each`]).
+async fn write_chunk(
+    js: &async_nats::jetstream::Context,
+    kv: &async_nats::jetstream::kv::Store,
+    writes: &[DocWrite],
+    together: bool,
+) -> Written {
+    if together || writes.len() <= 1 {
+        return commit(js, kv, writes).await;
+    }
+    let (docs, checkpoint) = writes.split_at(writes.len() - 1);
+    let mut revisions = write_each(js, kv, docs).await?;
+    revisions.extend(commit(js, kv, checkpoint).await?);
+    Ok(revisions)
+}
+
+/// A failed commit as the loop reports it.
+fn commit_failure(e: CommitError) -> StoreError {
+    match e {
+        CommitError::Conflict => StoreError::new(
+            "committing the batch",
+            "a document or the checkpoint changed since it was read (another writer); \
+             the checkpoint did not move",
+        ),
+        CommitError::Store(e) => e,
     }
 }

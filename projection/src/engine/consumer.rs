@@ -13,6 +13,10 @@ use crate::view::View;
 /// The priority group every instance pulls in.
 pub const PRIORITY_GROUP: &str = "projection";
 
+/// Batches the server may deliver ahead of the one being committed (`max_ack_pending` is this
+/// many batches): the next batch arrives while this one's writes are in flight.
+pub const BATCHES_IN_FLIGHT: usize = 3;
+
 /// The longest redelivery delay of the consumer's back-off.
 pub const REDELIVERY_BACKOFF_CAP: Duration = Duration::from_secs(60);
 
@@ -25,7 +29,7 @@ pub struct ConsumerSettings {
     pub max_deliver: i64,
     /// A pinned instance that stops pulling for this long loses the pin to a standby.
     pub priority_timeout: Duration,
-    /// Messages per batch (also the consumer's `max_ack_pending`).
+    /// Messages per batch (the consumer's `max_ack_pending` is [`BATCHES_IN_FLIGHT`] of them).
     pub batch: usize,
     /// Expiry of each pull request (well below `priority_timeout`).
     pub pull_expires: Duration,
@@ -100,12 +104,13 @@ impl ConsumerSettings {
                 view.version()
             )),
             deliver_policy: DeliverPolicy::All,
-            ack_policy: AckPolicy::Explicit,
+            ack_policy: AckPolicy::All,
             ack_wait: self.ack_wait,
             max_deliver: self.max_deliver,
             backoff: self.backoff(),
             filter_subject: shared::STREAM_FILTER.to_owned(),
-            max_ack_pending: i64::try_from(self.batch).unwrap_or(i64::MAX),
+            max_ack_pending: i64::try_from(self.batch.saturating_mul(BATCHES_IN_FLIGHT))
+                .unwrap_or(i64::MAX),
             priority_policy: PriorityPolicy::PinnedClient,
             priority_groups: vec![PRIORITY_GROUP.to_owned()],
             priority_timeout: self.priority_timeout,
@@ -142,7 +147,15 @@ pub fn consumer_differences(
         format!("{:?}", want.deliver_policy),
         format!("{:?}", found.deliver_policy),
     );
-    diffs.compare("ack_policy", &want.ack_policy, &found.ack_policy);
+    // an explicit-ack consumer (created before ack-all) is served as it is: the loop acks
+    // every message then
+    diffs.check(
+        "ack_policy",
+        found.ack_policy == want.ack_policy
+            || (want.ack_policy == AckPolicy::All && found.ack_policy == AckPolicy::Explicit),
+        format!("{:?}", want.ack_policy),
+        format!("{:?}", found.ack_policy),
+    );
     diffs.compare("ack_wait", &want.ack_wait, &found.ack_wait);
     diffs.compare("max_deliver", &want.max_deliver, &found.max_deliver);
     diffs.compare("backoff", &want.backoff, &found.backoff);
@@ -170,12 +183,14 @@ pub fn consumer_differences(
 }
 
 /// Whether `found` differs from `want` only in redelivery and take-over timing (`ack_wait`,
-/// `backoff`, `priority_timeout`), which can be updated in place.
-pub fn only_timing_differs(want: &pull::Config, found: &jetstream::consumer::Config) -> bool {
+/// `backoff`, `priority_timeout`) and in how many messages may be pending (`max_ack_pending`),
+/// which can be updated in place.
+pub fn only_editable_differs(want: &pull::Config, found: &jetstream::consumer::Config) -> bool {
     let mut patched = found.clone();
     patched.ack_wait = want.ack_wait;
     patched.backoff = want.backoff.clone();
     patched.priority_timeout = want.priority_timeout;
+    patched.max_ack_pending = want.max_ack_pending;
     consumer_differences(want, &patched).is_empty()
 }
 
@@ -243,10 +258,13 @@ pub async fn ensure_consumer(
     if differences.is_empty() {
         return Ok(consumer);
     }
-    if only_timing_differs(want, &found) {
+    if only_editable_differs(want, &found) {
         // redelivery and take-over timing changes nothing about what the view holds: the
         // consumer is updated in place (every instance of a version agrees on its settings)
-        match stream.update_consumer(want.clone()).await {
+        // the acknowledgement policy cannot change in place: an explicit-ack consumer stays one
+        let mut update = want.clone();
+        update.ack_policy = found.ack_policy;
+        match stream.update_consumer(update).await {
             Ok(updated) => {
                 tracing::info!(consumer = %name, changes = %differences.join("; "), "consumer timing updated");
                 consumer = updated;
@@ -288,11 +306,11 @@ mod tests {
             [
                 "filter_subject: expected tenant.*.aggregate.*.*, found other.>",
                 "deliver_policy: expected All, found New",
-                "ack_policy: expected Explicit, found None",
+                "ack_policy: expected All, found None",
                 "ack_wait: expected 3s, found 30s",
                 "max_deliver: expected 10, found 5",
                 "backoff: expected [3s, 6s, 12s, 24s, 48s, 60s, 60s, 60s, 60s], found []",
-                "max_ack_pending: expected 500, found 1000",
+                "max_ack_pending: expected 1500, found 1000",
                 "priority_policy: expected PinnedClient, found None",
                 "priority_groups: expected [\"projection\"], found []",
                 "priority_timeout: expected 2s, found 0ns",
@@ -305,9 +323,17 @@ mod tests {
         let mut found = want().into_consumer_config();
         found.deliver_policy = DeliverPolicy::ByStartSequence { start_sequence: 42 };
         assert!(consumer_differences(&want(), &found).is_empty());
-        assert!(only_timing_differs(&want(), &found));
+        assert!(only_editable_differs(&want(), &found));
         found.ack_wait = Duration::from_secs(9);
         assert!(!consumer_differences(&want(), &found).is_empty());
-        assert!(only_timing_differs(&want(), &found));
+        assert!(only_editable_differs(&want(), &found));
+        // how many may be pending is editable too; the acknowledgement policy is not, but an
+        // explicit-ack consumer (before ack-all) serves
+        found.max_ack_pending = 500;
+        assert!(only_editable_differs(&want(), &found));
+        found.ack_policy = AckPolicy::Explicit;
+        assert!(only_editable_differs(&want(), &found));
+        found.ack_policy = AckPolicy::None;
+        assert!(!only_editable_differs(&want(), &found));
     }
 }

@@ -15,6 +15,7 @@ use shared::AggregateAddress;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::ViewRuntime;
+use crate::engine::batch::{Folded, InFlight, Written};
 use crate::engine::cache::DocCache;
 use crate::engine::commit::{CommitError, DocWrite, commit};
 use crate::engine::consumer::{ConsumerSettings, PRIORITY_GROUP, StartError, ensure_consumer};
@@ -55,6 +56,18 @@ pub struct Projector {
     pub(super) js: jetstream::Context,
     pub(super) last_gap_check: Option<std::time::Instant>,
     pub(super) last_batch: Option<std::time::Instant>,
+    /// The consumer acknowledges everything up to an acknowledged message (ack-all): one ack
+    /// per commit. Consumers created before it are acknowledged message by message.
+    pub(super) ack_all: bool,
+    /// The previous batch's commit, still being written while this batch is folded.
+    pub(super) in_flight: Option<InFlight>,
+    /// Whether a batch may leave its commit in flight (off while one is being recovered).
+    pub(super) pipelining: bool,
+    /// The revisions the last finished commit in flight got, by stored key (a batch folded
+    /// on its documents writes at these).
+    pub(super) written_last: HashMap<String, u64>,
+    /// The loop's shutdown (a recovery stops with it).
+    pub(super) shutdown: CancellationToken,
 }
 
 impl Projector {
@@ -68,7 +81,14 @@ impl Projector {
             ensure_consumer(js, &settings.consumer_config(&*rt.view, rt.generation)).await?;
         let (checkpoint, checkpoint_rev) = store::read_checkpoint(&rt.docs).await?;
         let cache = DocCache::new(settings.cache_capacity);
+        let ack_all = consumer.cached_info().config.ack_policy
+            == async_nats::jetstream::consumer::AckPolicy::All;
         Ok(Projector {
+            ack_all,
+            in_flight: None,
+            pipelining: true,
+            written_last: HashMap::new(),
+            shutdown: CancellationToken::new(),
             rt,
             consumer,
             settings,
@@ -96,6 +116,7 @@ impl Projector {
 
     /// Pulls and applies until `shutdown` fires; the batch in flight is finished and acked.
     pub async fn run(mut self, shutdown: CancellationToken) {
+        self.shutdown = shutdown.clone();
         self.rt.running.store(true, Ordering::Relaxed);
         let name = self.rt.view.name();
         tracing::info!(view = %name, version = self.rt.view.version(), "projector started");
@@ -136,10 +157,20 @@ impl Projector {
             // messages received out of order (after a fail-over), waiting for the gap to fill
             let mut held: BTreeMap<u64, Message> = BTreeMap::new();
             loop {
-                let chunk = tokio::select! {
+                let next = tokio::select! {
                     biased;
                     () = shutdown.cancelled() => break 'outer,
-                    c = chunks.next() => c,
+                    // the commit in flight is finished (acknowledged) as soon as it is written,
+                    // not when the next batch comes
+                    written = InFlight::written(self.in_flight.as_mut()) => Next::Written(written),
+                    c = chunks.next() => Next::Chunk(c),
+                };
+                let chunk = match next {
+                    Next::Written(written) => {
+                        self.finish_in_flight(Some(written)).await;
+                        continue;
+                    }
+                    Next::Chunk(c) => c,
                 };
                 let Some(chunk) = chunk else {
                     break;
@@ -168,6 +199,7 @@ impl Projector {
                 }
             }
         }
+        self.finish_in_flight(None).await;
         self.rt.running.store(false, Ordering::Relaxed);
         tracing::info!(view = %name, "projector stopped");
     }
@@ -181,6 +213,22 @@ impl Projector {
     /// checkpoint (another instance may have processed it) and against the stream's first
     /// sequence (events removed by an operator).
     async fn take_contiguous(&mut self, held: &mut BTreeMap<u64, Message>) -> Vec<Message> {
+        if let Some(position) = self.in_flight.as_ref().map(InFlight::position) {
+            // the batch before is being written: what continues it exactly goes on; anything
+            // else (a gap, a redelivery) is sorted out with that commit finished
+            if held.keys().next() == Some(&(position + 1)) {
+                let mut batch = Vec::new();
+                let mut next = position + 1;
+                while batch.len() < self.settings.batch
+                    && let Some(m) = held.remove(&next)
+                {
+                    batch.push(m);
+                    next += 1;
+                }
+                return batch;
+            }
+            self.finish_in_flight(None).await;
+        }
         let first_held = held.keys().next().copied();
         if let Some(first) = first_held
             && first > self.checkpoint + 1
@@ -274,6 +322,7 @@ impl Projector {
             .last_batch
             .is_none_or(|t| t.elapsed() >= self.settings.priority_timeout)
         {
+            self.finish_in_flight(None).await;
             match store::read_checkpoint(&self.rt.docs).await {
                 Ok((_, revision)) if revision == self.checkpoint_rev => {}
                 _ => self.cache.clear(),
@@ -283,7 +332,49 @@ impl Projector {
         // the batch stays ours while we work on it, however long: progress acks every third of
         // ack_wait, so it is redelivered (to a standby) only if this instance dies
         let every = (self.settings.ack_wait / 3).max(PROGRESS_ACK_MIN_INTERVAL);
-        keep_alive(&batch, every, self.apply_batch(&batch, shutdown)).await;
+        let folded = keep_alive(&batch, every, self.apply_batch(&batch, shutdown)).await;
+        let Some(folded) = folded else {
+            return;
+        };
+        // folded against the commit in flight: it goes out once that one is written
+        if self.finish_in_flight(None).await {
+            self.start_in_flight(folded, batch);
+        } else {
+            // the commit it was folded against failed and was applied again: fold again
+            self.pipelining = false;
+            let _ = keep_alive(&batch, every, self.apply_batch(&batch, shutdown)).await;
+            self.pipelining = true;
+        }
+    }
+
+    /// Finishes the commit in flight, if any (`written`: its outcome, when already awaited):
+    /// caches its documents, moves the checkpoint, acknowledges its batch. A commit that
+    /// failed is applied again the careful way (retries in place, taken apart); `false` then,
+    /// since whatever was folded against it is stale.
+    pub(super) fn finish_in_flight(
+        &mut self,
+        written: Option<Written>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>> {
+        // boxed: applying a failed batch again may finish a commit in flight (none is left
+        // then), and an async fn cannot contain itself
+        Box::pin(async move {
+            let Some(in_flight) = self.in_flight.take() else {
+                return true;
+            };
+            let (outcome, messages) = self.end_in_flight(in_flight, written).await;
+            let Err(e) = outcome else {
+                return true;
+            };
+            self.rt.note_failure(Some(e.to_string()));
+            tracing::warn!(view = %self.rt.view.name(), error = %e, "batch commit failed; applying it again");
+            self.forget().await;
+            let every = (self.settings.ack_wait / 3).max(PROGRESS_ACK_MIN_INTERVAL);
+            let shutdown = self.shutdown.clone();
+            let pipelining = std::mem::replace(&mut self.pipelining, false);
+            let _ = keep_alive(&messages, every, self.apply_batch(&messages, &shutdown)).await;
+            self.pipelining = pipelining;
+            false
+        })
     }
 
     /// Applies a batch, retrying storage failures in place with back-off (capped at
@@ -291,16 +382,22 @@ impl Projector {
     /// [`BATCH_ATTEMPTS_IN_PLACE`] failures the batch is taken apart once per round: an event
     /// that fails on its own while storage answers is parked as transient (its documents wait,
     /// the background retrier releases them) and the others are applied.
-    async fn apply_batch(&mut self, batch: &[Message], shutdown: &CancellationToken) {
+    async fn apply_batch(
+        &mut self,
+        batch: &[Message],
+        shutdown: &CancellationToken,
+    ) -> Option<Folded> {
         let mut delay = BATCH_RETRY_FIRST_DELAY;
         for attempt in 1u32.. {
             match self.process(batch).await {
-                Ok(()) => {
+                Ok(folded) => {
                     self.rt.note_failure(None);
-                    return;
+                    return folded;
                 }
                 Err(e) => {
                     self.rt.note_failure(Some(e.to_string()));
+                    // nothing folded against the commit in flight is kept
+                    self.finish_in_flight(None).await;
                     self.forget().await;
                     if attempt <= BATCH_ATTEMPTS_IN_PLACE {
                         tracing::warn!(view = %self.rt.view.name(), attempt, error = %e, "batch failed; retrying");
@@ -309,22 +406,30 @@ impl Projector {
                         tracing::debug!(view = %self.rt.view.name(), attempt, error = %e, "batch failed; retrying");
                     }
                     if attempt % BATCH_ATTEMPTS_IN_PLACE == 0 && self.take_apart(batch).await {
-                        return;
+                        return None;
                     }
                 }
             }
             tokio::select! {
-                () = shutdown.cancelled() => return, // unacknowledged: a standby gets them
+                () = shutdown.cancelled() => return None, // unacknowledged: a standby gets them
                 () = tokio::time::sleep(delay) => {}
             }
             delay = (delay * 2).min(BATCH_RETRY_MAX_DELAY);
         }
+        None
     }
 
     /// Applies the batch one event at a time, in order. An event that fails on its own while
     /// the bucket answers (a checkpoint write succeeds) is parked as transient. `false` when
     /// storage does not answer at all: the rest of the batch is retried in place.
     async fn take_apart(&mut self, batch: &[Message]) -> bool {
+        let pipelining = std::mem::replace(&mut self.pipelining, false);
+        let done = self.take_apart_one_by_one(batch).await;
+        self.pipelining = pipelining;
+        done
+    }
+
+    async fn take_apart_one_by_one(&mut self, batch: &[Message]) -> bool {
         let name = self.rt.view.name();
         for m in batch {
             let Ok(info) = m.info() else { return false };
@@ -333,7 +438,7 @@ impl Projector {
                 continue;
             }
             let error = match self.process(std::slice::from_ref(m)).await {
-                Ok(()) => continue,
+                Ok(_) => continue,
                 Err(e) => e.to_string(),
             };
             self.forget().await;
@@ -370,7 +475,11 @@ impl Projector {
                 // the gap check in `take_contiguous` finds the parked record and moves past it
                 return false;
             }
-            let _ = m.ack_with(AckKind::Term).await;
+            let _ = if self.ack_all {
+                m.ack().await
+            } else {
+                m.ack_with(AckKind::Term).await
+            };
         }
         true
     }
@@ -510,4 +619,12 @@ async fn keep_alive<F: std::future::Future>(
             }
         }
     }
+}
+
+/// What the consumer loop woke up for.
+enum Next<C> {
+    /// The commit in flight was written (or failed).
+    Written(Written),
+    /// Messages (`None`: the pull ended).
+    Chunk(Option<C>),
 }

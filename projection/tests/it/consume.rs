@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::jetstream::consumer::AckPolicy;
 use futures::StreamExt as _;
 use projection::view::{EventSpec, Fold, View, ViewError};
 use serde_json::{Value, json};
@@ -359,6 +360,85 @@ async fn a_consumer_with_another_configuration_is_refused_not_overwritten() {
     let text = format!("{err:#}");
     assert!(text.contains("max_deliver: expected 5, found 10"), "{text}");
     assert!(text.contains("view-accounts-v1"), "{text}");
+}
+
+/// The consumer's acknowledgement floor reaches `seq`.
+async fn acked_up_to(js: &async_nats::jetstream::Context, consumer: &str, seq: u64) {
+    let stream = js.get_stream(shared::STREAM_NAME).await.expect("stream");
+    testkit::eventually(
+        "the consumer acked every event",
+        Duration::from_secs(10),
+        async || {
+            let info = stream.consumer_info(consumer).await.expect("consumer");
+            if info.ack_floor.stream_sequence == seq && info.num_ack_pending == 0 {
+                Ok(())
+            } else {
+                Err((info.ack_floor.stream_sequence, info.num_ack_pending))
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_consumer_from_before_ack_all_is_served_as_it_is_with_three_batches_in_flight() {
+    let server = NatsServer::start();
+    let agg = aggregate(&server).await;
+    let a = account("acme", "old");
+    open(&agg, &a).await;
+    // the consumer as instances before ack-all created it: explicit acks, one batch pending
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let js = async_nats::jetstream::new(client);
+    let mut old = projection::engine::ConsumerSettings::default()
+        .consumer_config(&projection::views::Accounts, 0);
+    old.ack_policy = AckPolicy::Explicit;
+    old.max_ack_pending = 500;
+    js.get_stream(shared::STREAM_NAME)
+        .await
+        .expect("stream")
+        .create_consumer(old)
+        .await
+        .expect("the old consumer");
+
+    let p = projection(&server).await;
+    let mut last = 0;
+    for _ in 0..30 {
+        last = send(&agg, &a, cmd("deposit", json!({"amount": 2})))
+            .await
+            .position;
+    }
+    p.caught_up("accounts", last, Duration::from_secs(30)).await;
+    applied(&p, 31).await;
+    let (status, body) = p.get("/v1/tenants/acme/views/accounts/old").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["document"]["balance"], 60);
+    // every message acknowledged on its own; only `max_ack_pending` was updated
+    acked_up_to(&js, "view-accounts-v1", last).await;
+    let config = |name: &'static str| {
+        let js = js.clone();
+        async move {
+            js.get_stream(shared::STREAM_NAME)
+                .await
+                .expect("stream")
+                .consumer_info(name)
+                .await
+                .expect("consumer")
+                .config
+                .clone()
+        }
+    };
+    let old = config("view-accounts-v1").await;
+    assert_eq!(old.ack_policy, AckPolicy::Explicit);
+    assert_eq!(old.max_ack_pending, 1500);
+    // a consumer created now acknowledges all up to a message: one ack per commit
+    assert_eq!(
+        config("view-tenant-summary-v2").await.ack_policy,
+        AckPolicy::All
+    );
+    p.caught_up("tenant-summary", last, Duration::from_secs(30))
+        .await;
+    acked_up_to(&js, "view-tenant-summary-v2", last).await;
+    p.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -468,6 +468,7 @@ impl Generations {
             position = loaded.position,
             events = loaded.events,
             chunks = loaded.flushes,
+            packs = loaded.packs,
             secs = started.elapsed().as_secs_f64(),
             stopped_early = loaded.stopped_early,
             "rebuild: backlog loaded in chunks; the generation's consumer goes on from there"

@@ -8,9 +8,15 @@
 //! when the chunk is flushed (atomic batches of at most 999 documents, a few in flight), then
 //! the checkpoint. A chunk is bounded by the memory its documents take (an estimate from their
 //! serialized size, [`chunk_cost`]), never by a count, so a tenant with many documents makes
-//! more flushes, not a bigger process. After a flush the documents are dropped from memory; a
-//! later event of one reads it back from the bucket (prefetched, concurrently, per group of
-//! messages).
+//! more flushes, not a bigger process. A full chunk is first *packed*: every document it holds
+//! as a parsed value is kept as its serialized JSON instead (about half the memory for small
+//! documents, a quarter for large ones; an event of it parses it again), and only when packing
+//! leaves less than a quarter of the budget free is the chunk flushed. So a working set up to
+//! about one and a half to three times what fits parsed is still written
+//! once per document rather than once per event (events spread over more documents than a
+//! chunk holds would otherwise flush each document as often as it changes). After a flush the
+//! documents are dropped from memory; a later event of one reads it back from the bucket
+//! (prefetched, concurrently, per group of messages).
 //!
 //! The phase ends at the stream position the rebuild was asked to reach, or just before the
 //! first event it would have to park (undecodable, an invalid key, refused by the view, a
@@ -44,15 +50,38 @@ const DOC_OVERHEAD_BYTES: usize = 160;
 /// In-memory `serde_json::Value` bytes per serialized byte (maps, small strings), rounded up.
 const VALUE_BYTES_PER_SERIALIZED_BYTE: usize = 4;
 
-/// The estimated memory a document held in a chunk takes.
-pub(crate) fn chunk_cost(key: &str, serialized: usize) -> usize {
+/// The estimated memory a document held in a chunk as a parsed value takes.
+pub fn chunk_cost(key: &str, serialized: usize) -> usize {
     DOC_OVERHEAD_BYTES + 2 * key.len() + VALUE_BYTES_PER_SERIALIZED_BYTE * serialized
+}
+
+/// The estimated memory a document held packed (its serialized JSON) takes.
+pub fn packed_cost(key: &str, serialized: usize) -> usize {
+    DOC_OVERHEAD_BYTES + 2 * key.len() + serialized
+}
+
+/// A held document's contents.
+enum Body {
+    /// Parsed: what the last fold made of it, or what was read back.
+    Parsed(Value),
+    /// Its serialized JSON (a packed chunk).
+    Packed(bytes::Bytes),
+}
+
+impl Body {
+    /// The document as a value (a packed one parsed again; it was serialized from one).
+    fn value(&self) -> Value {
+        match self {
+            Body::Parsed(v) => v.clone(),
+            Body::Packed(b) => serde_json::from_slice(b).unwrap_or(Value::Null),
+        }
+    }
 }
 
 /// One document held by the chunk.
 struct Held {
     /// `None`: no document (never written, or read back as absent).
-    doc: Option<Value>,
+    doc: Option<Body>,
     /// Its revision in the bucket (`None`: must not exist).
     revision: Option<u64>,
     /// Its [`chunk_cost`].
@@ -70,6 +99,8 @@ pub struct BulkOutcome {
     pub events: u64,
     /// Chunks flushed.
     pub flushes: u64,
+    /// Times the chunk was packed (its documents kept serialized) instead of flushed.
+    pub packs: u64,
     /// Whether it stopped before `until` at an event the live engine must handle.
     pub stopped_early: bool,
 }
@@ -85,6 +116,7 @@ struct Chunk<'a> {
     flushed: bool,
     checkpoint_rev: Option<u64>,
     flushes: u64,
+    packs: u64,
 }
 
 impl Chunk<'_> {
@@ -121,7 +153,7 @@ impl Chunk<'_> {
                 key,
                 Held {
                     revision: stored.as_ref().map(|d| d.revision),
-                    doc: stored.map(|d| d.doc),
+                    doc: stored.map(|d| Body::Parsed(d.doc)),
                     cost,
                     dirty: false,
                 },
@@ -141,7 +173,11 @@ impl Chunk<'_> {
         let docs = keys
             .iter()
             .map(|(full, local)| {
-                let doc = self.held.get(full).and_then(|h| h.doc.clone());
+                let doc = self
+                    .held
+                    .get(full)
+                    .and_then(|h| h.doc.as_ref())
+                    .map(Body::value);
                 (full.clone(), local.clone(), doc)
             })
             .collect();
@@ -163,7 +199,7 @@ impl Chunk<'_> {
                     });
                     self.bytes = self.bytes + cost - held.cost;
                     held.cost = cost;
-                    held.doc = Some(doc);
+                    held.doc = Some(Body::Parsed(doc));
                     held.dirty = true;
                 }
                 true
@@ -171,6 +207,23 @@ impl Chunk<'_> {
             Ok(EventFold::Duplicate | EventFold::Unknown) => true,
             Err(_) => false,
         }
+    }
+
+    /// Keeps every parsed document as its serialized JSON instead; the memory the chunk then
+    /// takes.
+    fn pack(&mut self) -> usize {
+        let mut bytes = 0;
+        for (key, held) in &mut self.held {
+            if let Some(Body::Parsed(v)) = &held.doc {
+                let packed = crate::store::to_bytes(v);
+                held.cost = packed_cost(key, packed.len());
+                held.doc = Some(Body::Packed(packed));
+            }
+            bytes += held.cost;
+        }
+        self.bytes = bytes;
+        self.packs += 1;
+        bytes
     }
 
     /// Writes every changed document once, then the checkpoint; forgets the documents.
@@ -181,7 +234,11 @@ impl Chunk<'_> {
             .filter(|(_, h)| h.dirty)
             .map(|(key, h)| DocWrite {
                 key,
-                doc: h.doc.unwrap_or(Value::Null),
+                doc: match h.doc {
+                    Some(Body::Parsed(v)) => v,
+                    Some(packed @ Body::Packed(_)) => packed.value(),
+                    None => Value::Null,
+                },
                 revision: h.revision,
             })
             .collect();
@@ -246,6 +303,7 @@ pub async fn load(
         position: start,
         events: 0,
         flushes: 0,
+        packs: 0,
         stopped_early: false,
     };
     if until <= start {
@@ -280,6 +338,7 @@ pub async fn load(
         flushed: start > 0,
         checkpoint_rev,
         flushes: 0,
+        packs: 0,
     };
     let mut position = start;
     let mut last_progress = Instant::now();
@@ -331,6 +390,7 @@ pub async fn load(
     }
     outcome.position = position;
     outcome.flushes = chunk.flushes;
+    outcome.packs = chunk.packs;
     on_progress(position);
     Ok(outcome)
 }
@@ -351,7 +411,9 @@ async fn fold_all(
         }
         *position = *seq;
         outcome.events += 1;
-        if chunk.bytes >= chunk.budget {
+        // packed, a full chunk may still hold it all; flushed only when packing leaves less
+        // than a quarter of it free (each flush writes every held document once)
+        if chunk.bytes >= chunk.budget && chunk.pack() >= chunk.budget / 4 * 3 {
             chunk.flush(*position).await?;
             // the flush forgot every document: the rest of the group reads theirs back
             chunk.read_missing(&events[i + 1..]).await?;

@@ -96,6 +96,26 @@ async fn a_chunked_load_writes_exactly_the_documents_of_the_live_fold() {
             .await
             .expect("bulk load");
         assert_eq!(outcome.flushes, 1, "{view}: {outcome:?}");
+        assert_eq!(outcome.packs, 0, "{view}: {outcome:?}");
+        assert_eq!(documents(&rt).await, live, "{view}");
+        // a chunk too small for every document parsed but not packed: packed, written once
+        let cost = |f: fn(&str, usize) -> usize| -> usize {
+            live.iter()
+                .map(|(k, d)| f(k, serde_json::to_vec(d).expect("json").len()))
+                .sum()
+        };
+        let (parsed, packed) = (cost(bulk::chunk_cost), cost(bulk::packed_cost));
+        let budget = parsed * 9 / 10;
+        assert!(
+            packed * 4 < budget * 3,
+            "{view}: {packed} packed, {parsed} parsed"
+        );
+        let rt = fresh(&p, view, 11).await;
+        let outcome = bulk::load(&js, &rt, last, budget, |_| {})
+            .await
+            .expect("bulk load");
+        assert_eq!(outcome.flushes, 1, "{view}: {outcome:?}");
+        assert!(outcome.packs >= 1, "{view}: {outcome:?}");
         assert_eq!(documents(&rt).await, live, "{view}");
     }
 }

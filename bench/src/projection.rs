@@ -259,7 +259,7 @@ async fn views(sizes: &Sizes) -> anyhow::Result<Vec<Row>> {
             .await?;
     let pair_total: f64 = pair.iter().sum();
     progress(format_args!(
-        "projection baseline: two {best} at once {pair_total:.0}/s in total ({:.0}, {:.0})",
+        "projection baseline: 2 x {best} at once {pair_total:.0}/s in total ({:.0}, {:.0})",
         pair[0], pair[1]
     ));
 
@@ -361,7 +361,7 @@ async fn views(sizes: &Sizes) -> anyhow::Result<Vec<Row>> {
         ));
     }
     rows.push(speed_row(
-        format!("projection baseline: two {best} at once vs raw consume"),
+        format!("projection baseline: 2 x {best} at once vs raw consume"),
         pair_total,
         consume,
         None,
@@ -389,7 +389,7 @@ async fn views(sizes: &Sizes) -> anyhow::Result<Vec<Row>> {
             pair_total,
             target,
             &format!(
-                "2 x {events} applied events / time until both caught up; baseline = two {best} at once, summed"
+                "2 x {events} applied events / time until both caught up; baseline = 2 x {best} at once, summed"
             ),
         ));
         out

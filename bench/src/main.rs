@@ -6,6 +6,7 @@
 // A benchmark's job is to print its result table on stdout; everything else goes to stderr.
 #![allow(clippy::print_stdout)]
 
+mod cold;
 mod gateway;
 mod live;
 mod projection;
@@ -111,7 +112,7 @@ async fn main() -> anyhow::Result<()> {
         rows.extend(scenarios::many(&ctx).await?);
     }
     if wanted("cold") {
-        rows.extend(scenarios::cold_load(&ctx).await?);
+        rows.extend(cold::cold_load(&ctx).await?);
     }
     if wanted("workload") {
         rows.extend(workload::library(&ctx).await?);

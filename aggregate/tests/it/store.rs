@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use aggregate::store::{AppendError, LoadError, LoadStrategy, PublishFailure};
+use aggregate::store::{AppendError, LoadError, LoadStrategy, PublishFailure, ReadPath};
 use async_nats::jetstream::context::PublishErrorKind;
 use futures::future::join_all;
 use serde_json::json;
@@ -87,6 +87,36 @@ async fn every_strategy_reads_the_same_history() {
         );
     }
     assert_eq!(lens, [2_501, 2_501, 2_501]);
+}
+
+#[tokio::test]
+async fn auto_reads_a_history_of_up_to_a_batch_by_direct_get_and_a_longer_one_by_consumer() {
+    let server = NatsServer::start();
+    let app = instance(&server).await;
+    let store = app.runtime.store();
+    let batch = store.settings().direct_batch as u64;
+    // `fits` holds exactly one batch of events, `longer` one more
+    let (fits, longer) = (account("acme", "fits"), account("acme", "longer"));
+    for (address, events) in [(&fits, batch), (&longer, batch + 1)] {
+        send(&app, address, open()).await;
+        for _ in 1..events {
+            send(&app, address, cmd("deposit", json!({"amount": 1}))).await;
+        }
+    }
+    let read = |address, from_seq| store.read_reporting(address, from_seq, LoadStrategy::Auto);
+    let versions = |events: &[aggregate::store::Stored]| -> Vec<u64> {
+        events.iter().map(|e| e.event.version.get()).collect()
+    };
+    let short = read(&fits, 1).await.expect("read");
+    assert_eq!(short.path, ReadPath::Direct);
+    assert_eq!(versions(&short.events), (1..=batch).collect::<Vec<_>>());
+    let long = read(&longer, 1).await.expect("read");
+    assert_eq!(long.path, ReadPath::Consumer);
+    assert_eq!(versions(&long.events), (1..=batch + 1).collect::<Vec<_>>());
+    // what counts is the length from where the read starts: one event less fits a batch
+    let tail = read(&longer, long.events[1].seq).await.expect("read");
+    assert_eq!(tail.path, ReadPath::Direct);
+    assert_eq!(versions(&tail.events), (2..=batch + 1).collect::<Vec<_>>());
 }
 
 #[tokio::test]

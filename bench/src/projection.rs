@@ -360,6 +360,37 @@ async fn views(sizes: &Sizes) -> anyhow::Result<Vec<Row>> {
              baseline = raw consume-and-ack",
         ));
     }
+    // what two views at once can reach live: two of the best sinks while the events are
+    // published (the publisher shares the machine, as in the views' live phase), on a server
+    // of their own (the views' stream keeps its backlog)
+    let pair_live = {
+        let (_live_server, live_raw, mut live_source, _) = backlog(ACCOUNTS, 0).await?;
+        let since = Instant::now();
+        let sinks = futures::future::try_join_all(
+            ["L0", "L1"].map(|label| sink::run_live(&live_raw.js, label, best_mode, events, since)),
+        );
+        let (rates, published) = tokio::join!(sinks, live_source.publish(&live_raw, events));
+        published?;
+        let rates = rates?;
+        progress(format_args!(
+            "projection baseline: 2 x {best} at once, live {:.0}/s in total ({:.0}, {:.0})",
+            rates[0] + rates[1],
+            rates[0],
+            rates[1]
+        ));
+        rates[0] + rates[1]
+    };
+    rows.push(speed_row(
+        format!("projection baseline: 2 x {best} at once, live, vs raw consume"),
+        pair_live,
+        consume,
+        None,
+        &format!(
+            "two sinks on a server of their own while {events} events are published to it \
+             (from the first publish until both wrote the last): the ceiling of two views live; \
+             baseline = raw consume-and-ack"
+        ),
+    ));
     rows.push(speed_row(
         format!("projection baseline: 2 x {best} at once vs raw consume"),
         pair_total,
@@ -368,7 +399,11 @@ async fn views(sizes: &Sizes) -> anyhow::Result<Vec<Row>> {
         "two sinks on their own consumers and buckets, same backlog, rates summed: the \
          ceiling of two views at once; baseline = raw consume-and-ack",
     ));
-    let per_view = |phase: &str, times: &[Duration], commits: &[u64], target: Option<f64>| {
+    let per_view = |phase: &str,
+                    times: &[Duration],
+                    commits: &[u64],
+                    target: Option<f64>,
+                    pair: (f64, &str)| {
         let mut out = Vec::new();
         for ((name, t), n) in names.iter().zip(times).zip(commits) {
             out.push(speed_row(
@@ -386,10 +421,11 @@ async fn views(sizes: &Sizes) -> anyhow::Result<Vec<Row>> {
         out.push(speed_row(
             format!("projection {phase}: both views together (applied events)"),
             (names.len() * events) as f64 / slowest.as_secs_f64(),
-            pair_total,
+            pair.0,
             target,
             &format!(
-                "2 x {events} applied events / time until both caught up; baseline = 2 x {best} at once, summed"
+                "2 x {events} applied events / time until both caught up; baseline = 2 x {best} at once{}, summed",
+                pair.1
             ),
         ));
         out
@@ -399,8 +435,15 @@ async fn views(sizes: &Sizes) -> anyhow::Result<Vec<Row>> {
         &catch_up,
         &catch_up_commits,
         None,
+        (pair_total, ""),
     ));
-    rows.extend(per_view("live", &live, &live_commits, Some(TARGET)));
+    rows.extend(per_view(
+        "live",
+        &live,
+        &live_commits,
+        Some(TARGET),
+        (pair_live, ", live"),
+    ));
     for (name, rate, took) in rebuilds {
         rows.push(speed_row(
             format!("projection rebuild: {name} ({events} events over {ACCOUNTS} accounts)"),

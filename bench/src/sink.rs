@@ -119,6 +119,28 @@ pub(crate) async fn run(
     name: &str,
     mode: SinkMode,
 ) -> anyhow::Result<f64> {
+    consume(js, name, mode, None).await
+}
+
+/// Runs one sink live: over the next `events` the stream gets (published from `since` on, while
+/// it runs); returns events/s since then.
+pub(crate) async fn run_live(
+    js: &jetstream::Context,
+    name: &str,
+    mode: SinkMode,
+    events: usize,
+    since: Instant,
+) -> anyhow::Result<f64> {
+    consume(js, name, mode, Some((events, since))).await
+}
+
+/// A sink over the backlog (`live`: `None`) or over events being published.
+async fn consume(
+    js: &jetstream::Context,
+    name: &str,
+    mode: SinkMode,
+    live: Option<(usize, Instant)>,
+) -> anyhow::Result<f64> {
     let bucket = format!("BENCH_SINK_{name}");
     let _ = js.delete_key_value(&bucket).await;
     let store = js
@@ -142,14 +164,14 @@ pub(crate) async fn run(
     let consumer: consumer::PullConsumer = js
         .create_consumer_on_stream(config, shared::STREAM_NAME)
         .await?;
-    let pending = consumer.cached_info().num_pending as usize;
+    let pending = live.map_or(consumer.cached_info().num_pending as usize, |(n, _)| n);
     let mut writer = Writer {
         js: js.clone(),
         prefix: store.put_prefix.clone().unwrap_or(store.prefix.clone()),
         revisions: HashMap::new(),
         in_flight: mode.in_flight,
     };
-    let started = Instant::now();
+    let started = live.map_or_else(Instant::now, |(_, since)| since);
     let messages = consumer
         .stream()
         .max_messages_per_batch(SINK_BATCH)

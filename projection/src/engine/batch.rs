@@ -16,6 +16,7 @@ use crate::engine::commit::{CommitError, DocWrite, MAX_WRITES_PER_COMMIT, commit
 use crate::engine::decode::{DecodeError, DecodedEvent, decode, trace_id};
 use crate::engine::fold::{ApplyError, EventFold, fold_event};
 use crate::engine::parking::{HoldState, Marks, hold_keys, hold_state, record_of};
+use crate::engine::pipeline::{Counts, Folded, InFlight, Working, Written};
 use crate::engine::projector::Projector;
 use crate::store::{self, CHECKPOINT_KEY, StoreError, StoredDoc};
 use crate::view::KeyError;
@@ -37,70 +38,6 @@ struct Item<'a> {
     event: Result<DecodedEvent, DecodeError>,
 }
 
-/// A document as the batch in hand sees it.
-pub(crate) struct Working {
-    doc: Option<Value>,
-    revision: Option<u64>,
-    /// Whether `doc` came from the in-memory cache rather than from the bucket.
-    from_cache: bool,
-    /// Changed by this batch.
-    dirty: bool,
-    /// Taken from the commit in flight: its revision is the one that commit gets.
-    in_flight: bool,
-}
-
-/// A batch folded into one commit that is not written yet (see [`InFlight`]).
-pub(crate) struct Folded {
-    working: HashMap<String, Working>,
-    dirty_order: Vec<String>,
-    position: u64,
-    together: bool,
-    counts: Counts,
-    last_occurred: Option<OffsetDateTime>,
-}
-
-/// What a commit in flight came to.
-pub(crate) type Written = Result<Vec<u64>, CommitError>;
-
-/// A batch's commit being written while the next batch is folded: the documents it writes
-/// (the next batch folds on them), the checkpoint it moves to, the batch it acknowledges once
-/// written. One at a time, in stream order: a batch's writes start only after the previous
-/// batch's were written (they need its revisions), and a batch is acknowledged only after its
-/// own commit. If it fails, the batch is applied again the careful way and whatever was folded
-/// on it is folded again.
-pub(crate) struct InFlight {
-    task: tokio::task::JoinHandle<Written>,
-    writes: Vec<DocWrite>,
-    /// Index of each document (not the checkpoint) in `writes`.
-    by_key: HashMap<String, usize>,
-    position: u64,
-    messages: Vec<Message>,
-    counts: Counts,
-    last_occurred: Option<OffsetDateTime>,
-}
-
-impl InFlight {
-    /// The checkpoint it moves to.
-    pub(crate) fn position(&self) -> u64 {
-        self.position
-    }
-
-    /// Its outcome, once written (never, when there is none).
-    pub(crate) async fn written(in_flight: Option<&mut InFlight>) -> Written {
-        match in_flight {
-            Some(f) => (&mut f.task)
-                .await
-                .unwrap_or_else(|e| Err(StoreError::new("committing the batch", e).into())),
-            None => std::future::pending().await,
-        }
-    }
-
-    /// The document it writes at `key`, if any.
-    fn doc(&self, key: &str) -> Option<&Value> {
-        self.by_key.get(key).map(|&i| &self.writes[i].doc)
-    }
-}
-
 /// What one commit's worth of a batch holds while it is folded.
 #[derive(Default)]
 struct Chunk {
@@ -117,14 +54,6 @@ struct Chunk {
     /// The checkpoint this commit writes.
     last_seq: u64,
     last_occurred: Option<OffsetDateTime>,
-}
-
-/// What one chunk of a batch counted.
-#[derive(Debug, Default, Clone, Copy)]
-struct Counts {
-    applied: u64,
-    skipped: u64,
-    duplicate: u64,
 }
 
 impl Projector {

@@ -9,6 +9,7 @@
 //! - [`parking`]: parked events and the marks that hold back later events of their documents.
 //! - [`admin`]: retry and skip of parked events.
 //! - [`batch`]: one batch folded into its documents and committed.
+//! - `pipeline`: a folded batch and the commit in flight while the next one is folded.
 //! - [`bulk`]: a fresh generation loaded in memory-bounded chunks (a rebuild's first phase).
 //! - [`projector`]: the consumer loop (order, fail-over, progress acks, retries).
 //! - [`health`]: is the view moving? Stall detection, status, metrics.
@@ -25,6 +26,7 @@ pub mod fold;
 pub mod health;
 pub mod lag;
 pub mod parking;
+mod pipeline;
 pub mod projector;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

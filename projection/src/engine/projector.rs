@@ -15,12 +15,12 @@ use shared::AggregateAddress;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::ViewRuntime;
-use crate::engine::batch::{Folded, InFlight, Written};
 use crate::engine::cache::DocCache;
 use crate::engine::commit::{CommitError, DocWrite, commit};
 use crate::engine::consumer::{ConsumerSettings, PRIORITY_GROUP, StartError, ensure_consumer};
 use crate::engine::decode::decode;
 use crate::engine::parking::{Marks, hold_keys, record_of};
+use crate::engine::pipeline::{Folded, InFlight, Written};
 use crate::store::{self, CHECKPOINT_KEY, StoreError, StoredDoc};
 
 /// Attempts of a batch in place (with back-off from [`BATCH_RETRY_FIRST_DELAY`]) before it is

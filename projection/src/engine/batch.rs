@@ -262,35 +262,18 @@ impl Projector {
             counts,
             last_occurred,
         } = folded;
-        let mut writes = Vec::with_capacity(dirty_order.len() + 1);
-        for key in dirty_order {
-            let Some(w) = working.remove(&key) else {
-                continue;
-            };
-            let revision = if w.in_flight {
-                self.written_last.get(&key).copied()
-            } else {
-                w.revision
-            };
-            writes.push(DocWrite {
-                key,
-                doc: w.doc.unwrap_or(Value::Null),
-                revision,
-            });
-        }
+        let writes = self.chunk_writes(&mut working, dirty_order, position);
         let by_key = writes
             .iter()
+            .take(writes.len() - 1)
             .enumerate()
             .map(|(i, w)| (w.key.clone(), i))
             .collect();
-        writes.push(DocWrite {
-            key: CHECKPOINT_KEY.to_owned(),
-            doc: self.checkpoint_doc(position.max(self.checkpoint)),
-            revision: self.checkpoint_rev,
-        });
         let js = self.js.clone();
         let docs = self.rt.docs.clone();
-        let to_write = writes.clone();
+        // shared with the task, not copied: the loop reads the documents while they are written
+        let writes = std::sync::Arc::new(writes);
+        let to_write = std::sync::Arc::clone(&writes);
         let task = tokio::spawn(async move { write_chunk(&js, &docs, &to_write, together).await });
         self.in_flight = Some(InFlight {
             task,
@@ -329,21 +312,9 @@ impl Projector {
             Ok(r) => r,
             Err(e) => return (Err(commit_failure(e)), messages),
         };
-        self.rt.metrics.commits.get_or_create(&self.rt.labels).inc();
-        self.checkpoint = position.max(self.checkpoint);
-        self.checkpoint_rev = revisions.last().copied();
-        self.written_last.clear();
-        let n = writes.len();
-        for (w, rev) in writes.into_iter().zip(revisions).take(n - 1) {
-            self.written_last.insert(w.key.clone(), rev);
-            self.cache.insert(
-                w.key,
-                StoredDoc {
-                    doc: w.doc,
-                    revision: rev,
-                },
-            );
-        }
+        // the task has ended: the writes are ours alone again
+        let writes = std::sync::Arc::try_unwrap(writes).unwrap_or_else(|w| (*w).clone());
+        self.committed(writes, revisions, position);
         if self.ack_all {
             if let Some(last) = messages.last() {
                 ack(last, Disposition::Ack).await;
@@ -528,29 +499,56 @@ impl Projector {
         if dirty_order.is_empty() && position <= self.checkpoint && self.checkpoint_rev.is_some() {
             return Ok(());
         }
-        let mut writes: Vec<DocWrite> = dirty_order
-            .iter()
-            .filter_map(|k| {
-                let w = working.remove(k)?;
-                Some(DocWrite {
-                    key: k.clone(),
-                    doc: w.doc.unwrap_or(Value::Null),
-                    revision: w.revision,
-                })
-            })
-            .collect();
+        let writes = self.chunk_writes(&mut working, dirty_order, position);
+        let revisions = write_chunk(&self.js, &self.rt.docs, &writes, together)
+            .await
+            .map_err(commit_failure)?;
+        self.committed(writes, revisions, position);
+        Ok(())
+    }
+
+    /// A chunk's writes: its changed documents, each at the revision it was read at (one
+    /// taken from the commit in flight at the revision that commit got), then the checkpoint.
+    fn chunk_writes(
+        &self,
+        working: &mut HashMap<String, Working>,
+        dirty_order: Vec<String>,
+        position: u64,
+    ) -> Vec<DocWrite> {
+        let mut writes = Vec::with_capacity(dirty_order.len() + 1);
+        for key in dirty_order {
+            let Some(w) = working.remove(&key) else {
+                continue;
+            };
+            let revision = if w.in_flight {
+                self.written_last.get(&key).copied()
+            } else {
+                w.revision
+            };
+            writes.push(DocWrite {
+                key,
+                doc: w.doc.unwrap_or(Value::Null),
+                revision,
+            });
+        }
         writes.push(DocWrite {
             key: CHECKPOINT_KEY.to_owned(),
             doc: self.checkpoint_doc(position.max(self.checkpoint)),
             revision: self.checkpoint_rev,
         });
-        let revisions = write_chunk(&self.js, &self.rt.docs, &writes, together)
-            .await
-            .map_err(commit_failure)?;
+        writes
+    }
+
+    /// After a chunk's writes (checkpoint last) got `revisions`: counted, documents cached, the
+    /// checkpoint moved, the revisions kept for a batch folded on these documents.
+    fn committed(&mut self, writes: Vec<DocWrite>, revisions: Vec<u64>, position: u64) {
         self.rt.metrics.commits.get_or_create(&self.rt.labels).inc();
-        let checkpoint_rev = revisions.last().copied();
+        self.checkpoint = position.max(self.checkpoint);
+        self.checkpoint_rev = revisions.last().copied();
+        self.written_last.clear();
         let n = writes.len();
         for (w, rev) in writes.into_iter().zip(revisions).take(n - 1) {
+            self.written_last.insert(w.key.clone(), rev);
             self.cache.insert(
                 w.key,
                 StoredDoc {
@@ -559,9 +557,6 @@ impl Projector {
                 },
             );
         }
-        self.checkpoint = position.max(self.checkpoint);
-        self.checkpoint_rev = checkpoint_rev;
-        Ok(())
     }
 
     fn record_metrics(&self, counts: Counts, last_occurred: Option<OffsetDateTime>) {

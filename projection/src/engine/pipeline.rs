@@ -44,7 +44,7 @@ pub(crate) type Written = Result<Vec<u64>, CommitError>;
 /// on it is folded again.
 pub(crate) struct InFlight {
     pub(crate) task: tokio::task::JoinHandle<Written>,
-    pub(crate) writes: Vec<DocWrite>,
+    pub(crate) writes: std::sync::Arc<Vec<DocWrite>>,
     /// Index of each document (not the checkpoint) in `writes`.
     pub(crate) by_key: HashMap<String, usize>,
     pub(crate) position: u64,

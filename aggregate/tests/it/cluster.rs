@@ -93,18 +93,24 @@ async fn killing_the_stream_leader_loses_and_duplicates_nothing() {
         let a = account("acme", &format!("w{w}"));
         // A batch direct get is answered by any replica, and the restarted one may still lag
         // the leader by the last few commits: read until the history holds every acknowledged
-        // command (a lost one never appears and fails here, naming how many are missing).
+        // command (a lost one never appears and fails here, naming how many are missing). Until
+        // the restarted node has caught up, a read can also be refused (503): read again.
         let stored = testkit::eventually(
             format!("every acknowledged command of w{w} in the history"),
             Duration::from_secs(30),
             async || {
-                let stored = app.runtime.store().read(&a, 1).await.expect("read");
+                let stored = app
+                    .runtime
+                    .store()
+                    .read(&a, 1)
+                    .await
+                    .map_err(|e| format!("read refused: {e:?}"))?;
                 let seen: HashSet<CommandId> = stored.iter().map(|s| s.event.command_id).collect();
                 let missing = acked.iter().filter(|id| !seen.contains(id)).count();
                 if missing == 0 {
                     Ok(stored)
                 } else {
-                    Err(missing)
+                    Err(format!("{missing} acknowledged commands missing"))
                 }
             },
         )

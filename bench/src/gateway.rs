@@ -197,7 +197,7 @@ pub(crate) async fn gateway(sizes: &Sizes) -> anyhow::Result<Vec<Row>> {
     // live feeds on an idle stack, before the workload fills the caches
     rows.extend(crate::live::live(&stack, sizes.live_commands).await?);
     // after the memory figures, which it would change (100 000 accounts in the caches)
-    rows.push(realistic(&stack, &client, sizes).await?);
+    rows.extend(realistic(&stack, &client, sizes).await?);
     Ok(rows)
 }
 
@@ -268,7 +268,11 @@ async fn ryw_under_load(
 /// opened by publishing their `opened` events directly (as many commands through HTTP would
 /// take minutes), so the aggregate instances load each account on its first command; the
 /// projections apply them before the measurement starts.
-async fn realistic(stack: &e2e::Stack, client: &Arc<Client>, sizes: &Sizes) -> anyhow::Result<Row> {
+async fn realistic(
+    stack: &e2e::Stack,
+    client: &Arc<Client>,
+    sizes: &Sizes,
+) -> anyhow::Result<Vec<Row>> {
     let n = sizes.gateway_workload_accounts;
     let url = stack
         .nats_urls
@@ -310,26 +314,47 @@ async fn realistic(stack: &e2e::Stack, client: &Arc<Client>, sizes: &Sizes) -> a
     ));
     let seen: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(1)).collect());
     let client = client.clone();
-    let (mut ours, mut base) = crate::workload::compare(
+    let ours = crate::workload::side(move |i, stale| {
+        let (client, seen) = (client.clone(), seen.clone());
+        async move { client.workload_command(&seen, i, stale).await }
+    });
+    let (http, server) = crate::workload::http_baseline(keys.clone()).await?;
+    let [mut ours, mut raw, mut http] = crate::workload::compare(
         "gateway",
         n,
         sizes.workload_phase,
-        move |i, stale| {
-            let (client, seen) = (client.clone(), seen.clone());
-            async move { client.workload_command(&seen, i, stale).await }
-        },
-        keys,
+        [
+            ("ours", ours),
+            ("raw", keys.side()),
+            ("HTTP baseline", http),
+        ],
     )
     .await;
-    Ok(crate::workload::row(
-        &format!(
-            "realistic workload, gateway ({n} accounts, Zipf s=1, {} writers, 5 % stale)",
-            crate::workload::WRITERS
+    server.abort();
+    let what = format!(
+        "{n} accounts, Zipf s=1, {} writers, 5 % stale",
+        crate::workload::WRITERS
+    );
+    Ok(vec![
+        crate::workload::row(
+            &format!("realistic workload, gateway ({what})"),
+            ("ours", &mut ours),
+            ("raw", &mut raw),
+            Some(0.5),
         ),
-        &mut ours,
-        &mut base,
-        0.5,
-    ))
+        crate::workload::row(
+            &format!("realistic workload, HTTP baseline vs raw ({what})"),
+            ("HTTP baseline", &mut http),
+            ("raw", &mut raw),
+            None,
+        ),
+        crate::workload::row(
+            &format!("realistic workload, gateway vs HTTP baseline ({what})"),
+            ("ours", &mut ours),
+            ("HTTP baseline", &mut http),
+            None,
+        ),
+    ])
 }
 
 impl Client {

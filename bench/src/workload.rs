@@ -4,14 +4,16 @@
 //! a stale `expected_version` (each answered 409 `version-conflict`). Ours through the library
 //! and through the gateway; the baseline is raw concurrent checked publishes on the same key
 //! distribution (serialised per subject like our runtime serialises per aggregate, 5 % of them
-//! with a stale expected sequence, which the server refuses).
+//! with a stale expected sequence, which the server refuses). Through the gateway a third side
+//! runs: the same raw publishes behind a bare HTTP server, what any HTTP front costs here.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use aggregate::runtime::{CommandError, Runtime};
-use futures::{StreamExt as _, TryStreamExt as _};
+use futures::future::BoxFuture;
+use futures::{FutureExt as _, StreamExt as _, TryStreamExt as _};
 use serde_json::json;
 use shared::{AggregateAddress, Version};
 
@@ -86,12 +88,21 @@ pub(crate) enum Answer {
     Conflict,
 }
 
-/// Runs `WRITERS` tasks for `phase`, each repeatedly calling `op(index, stale)`.
-pub(crate) async fn drive<F, Fut>(zipf: &Arc<Zipf>, phase: Duration, op: F) -> Tally
+/// One side of a comparison: what a writer does for (account index, stale).
+pub(crate) type Side =
+    Arc<dyn Fn(usize, bool) -> BoxFuture<'static, anyhow::Result<Answer>> + Send + Sync>;
+
+/// `op` as a [`Side`].
+pub(crate) fn side<F, Fut>(op: F) -> Side
 where
-    F: Fn(usize, bool) -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = anyhow::Result<Answer>> + Send,
+    F: Fn(usize, bool) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<Answer>> + Send + 'static,
 {
+    Arc::new(move |i, stale| op(i, stale).boxed())
+}
+
+/// Runs `WRITERS` tasks for `phase`, each repeatedly calling `op(index, stale)`.
+async fn drive(zipf: &Arc<Zipf>, phase: Duration, op: &Side) -> Tally {
     let started = Instant::now();
     let deadline = started + phase;
     let mut tasks = Vec::with_capacity(WRITERS);
@@ -174,6 +185,71 @@ impl RawKeys {
         *last = self.raw.checked_publish(&self.subjects[i], *last).await?;
         Ok(Answer::Ok)
     }
+
+    /// The raw baseline as a [`Side`].
+    pub(crate) fn side(self: &Arc<Self>) -> Side {
+        let keys = self.clone();
+        side(move |i, stale| {
+            let keys = keys.clone();
+            async move { keys.publish(i, stale).await }
+        })
+    }
+}
+
+/// The HTTP baseline: a bare axum server (no middleware, no auth, no read side) whose one route,
+/// `POST /keys/{i}?stale=<bool>`, parses the JSON body and does the raw side's checked publish
+/// on key `i` (answering 409 to a refused stale one), and a [`Side`] that calls it, 64 writers
+/// on one keep-alive pool. What an HTTP front costs on this machine, with nothing behind it.
+pub(crate) async fn http_baseline(
+    keys: Arc<RawKeys>,
+) -> anyhow::Result<(Side, tokio::task::JoinHandle<std::io::Result<()>>)> {
+    #[derive(serde::Deserialize)]
+    struct Query {
+        stale: bool,
+    }
+    async fn publish(
+        axum::extract::State(keys): axum::extract::State<Arc<RawKeys>>,
+        axum::extract::Path(i): axum::extract::Path<usize>,
+        axum::extract::Query(q): axum::extract::Query<Query>,
+        axum::Json(_body): axum::Json<serde_json::Value>,
+    ) -> (axum::http::StatusCode, String) {
+        use axum::http::StatusCode;
+        if i >= keys.subjects.len() {
+            return (StatusCode::NOT_FOUND, format!("no key {i}"));
+        }
+        match keys.publish(i, q.stale).await {
+            Ok(Answer::Ok) => (StatusCode::OK, "{}".to_owned()),
+            Ok(Answer::Conflict) => (StatusCode::CONFLICT, "{}".to_owned()),
+            Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        }
+    }
+    let router = axum::Router::new()
+        .route("/keys/{i}", axum::routing::post(publish))
+        .with_state(keys);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let server = tokio::spawn(async move { axum::serve(listener, router).await });
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .build()?;
+    let body = json!({"type": "deposit", "payload": {"amount": 1}});
+    let op = side(move |i, stale| {
+        let request = http
+            .post(format!("{base}/keys/{i}?stale={stale}"))
+            .json(&body)
+            .send();
+        async move {
+            let response = request.await?;
+            let status = response.status();
+            let text = response.text().await?;
+            match status {
+                reqwest::StatusCode::OK => Ok(Answer::Ok),
+                reqwest::StatusCode::CONFLICT if stale => Ok(Answer::Conflict),
+                _ => anyhow::bail!("HTTP {status}: {text}"),
+            }
+        }
+    });
+    Ok((op, server))
 }
 
 /// Our side through the library: a deposit on account `i`; a stale one sends the last version
@@ -208,41 +284,28 @@ pub(crate) async fn library_command(
     }
 }
 
-/// The result row of one workload comparison.
-pub(crate) fn row(scenario: &str, ours: &mut Tally, base: &mut Tally, target: f64) -> Row {
-    let (o95, o999) = (ours.samples.pct_ms(95.0), ours.samples.pct_ms(99.9));
-    let (b95, b999) = (base.samples.pct_ms(95.0), base.samples.pct_ms(99.9));
-    let note = format!(
-        "ours: {} ok, {} conflicts (409), {} errors{}; p95/p99.9 {:.2}/{:.2} ms | raw: {} conflicts, {} errors{}; p95/p99.9 {:.2}/{:.2} ms",
-        ours.samples.ops - ours.conflicts,
-        ours.conflicts,
-        ours.errors,
-        ours.first_error
-            .as_deref()
-            .map(|e| format!(" (first: {e})"))
-            .unwrap_or_default(),
-        o95,
-        o999,
-        base.conflicts,
-        base.errors,
-        base.first_error
-            .as_deref()
-            .map(|e| format!(" (first: {e})"))
-            .unwrap_or_default(),
-        b95,
-        b999,
-    );
+/// The result row of one workload comparison: `ours` against `base`, each named in the note;
+/// `target` None makes it information only.
+pub(crate) fn row(
+    scenario: &str,
+    (ours_name, ours): (&str, &mut Tally),
+    (base_name, base): (&str, &mut Tally),
+    target: Option<f64>,
+) -> Row {
     let mut row = Row::speed(
         scenario,
         "commands/s",
         &mut ours.samples,
         &mut base.samples,
-        target,
+        target.unwrap_or(f64::NAN),
     );
-    if ours.errors > 0 || base.errors > 0 {
-        row.holds = Some(false);
-    }
-    row.note = note;
+    row.note = format!(
+        "{} | {}",
+        ours.describe(ours_name),
+        base.describe(base_name)
+    );
+    row.target = target;
+    row.holds = target.map(|_| row.holds == Some(true) && ours.errors == 0 && base.errors == 0);
     row
 }
 
@@ -275,65 +338,52 @@ pub(crate) async fn library(ctx: &crate::scenarios::Ctx) -> anyhow::Result<Vec<R
         started.elapsed()
     ));
     let seen: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(1)).collect());
-    let (mut ours, mut base) = compare(
-        "library",
-        n,
-        phase,
-        move |i, stale| {
-            let (runtime, accounts, seen) = (runtime.clone(), accounts.clone(), seen.clone());
-            async move { library_command(&runtime, &accounts, &seen, i, stale).await }
-        },
-        keys,
-    )
-    .await;
+    let ours = side(move |i, stale| {
+        let (runtime, accounts, seen) = (runtime.clone(), accounts.clone(), seen.clone());
+        async move { library_command(&runtime, &accounts, &seen, i, stale).await }
+    });
+    let [mut ours, mut base] =
+        compare("library", n, phase, [("ours", ours), ("raw", keys.side())]).await;
     Ok(vec![row(
         &format!(
             "realistic workload, library ({n} accounts, Zipf s=1, {WRITERS} writers, 5 % stale)"
         ),
-        &mut ours,
-        &mut base,
-        0.5,
+        ("ours", &mut ours),
+        ("raw", &mut base),
+        Some(0.5),
     )])
 }
 
-/// Two rounds over `n` Zipf-distributed keys, ours (`op`) and the raw baseline (`keys`)
-/// alternating, `phase` each; returns (ours, baseline).
-pub(crate) async fn compare<F, Fut>(
+/// Two rounds over `n` Zipf-distributed keys, each side running `phase` per round, the sides
+/// in turn (in reverse order in the second round); returns each side's tally, in order.
+pub(crate) async fn compare<const K: usize>(
     via: &str,
     n: usize,
     phase: Duration,
-    op: F,
-    keys: Arc<RawKeys>,
-) -> (Tally, Tally)
-where
-    F: Fn(usize, bool) -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = anyhow::Result<Answer>> + Send,
-{
+    sides: [(&str, Side); K],
+) -> [Tally; K] {
     let zipf = Arc::new(Zipf::new(n));
-    let (mut ours, mut base) = (Tally::default(), Tally::default());
+    let mut tallies: [Tally; K] = std::array::from_fn(|_| Tally::default());
     for round in 0..2 {
-        for ours_turn in crate::scenarios::order(round) {
-            if ours_turn {
-                ours.merge_phase(drive(&zipf, phase, op.clone()).await);
-            } else {
-                let keys = keys.clone();
-                base.merge_phase(
-                    drive(&zipf, phase, move |i, stale| {
-                        let keys = keys.clone();
-                        async move { keys.publish(i, stale).await }
-                    })
-                    .await,
-                );
-            }
+        let mut turns: Vec<usize> = (0..K).collect();
+        if round % 2 == 1 {
+            turns.reverse();
         }
+        for k in turns {
+            tallies[k].merge_phase(drive(&zipf, phase, &sides[k].1).await);
+        }
+        let rates = sides
+            .iter()
+            .zip(&tallies)
+            .map(|((name, _), t)| format!("{name} {:.0}/s", t.samples.rate()))
+            .collect::<Vec<_>>()
+            .join(", ");
         progress(format_args!(
-            "realistic workload ({via}) round {}/2: ours {:.0}/s, raw {:.0}/s",
-            round + 1,
-            ours.samples.rate(),
-            base.samples.rate()
+            "realistic workload ({via}) round {}/2: {rates}",
+            round + 1
         ));
     }
-    (ours, base)
+    tallies
 }
 
 fn progress(msg: impl std::fmt::Display) {
@@ -341,6 +391,22 @@ fn progress(msg: impl std::fmt::Display) {
 }
 
 impl Tally {
+    /// `name: <n> ok, <n> conflicts (409), <n> errors (first: ...); p95/p99.9 <ms>/<ms> ms`
+    fn describe(&mut self, name: &str) -> String {
+        format!(
+            "{name}: {} ok, {} conflicts (409), {} errors{}; p95/p99.9 {:.2}/{:.2} ms",
+            self.samples.ops - self.conflicts,
+            self.conflicts,
+            self.errors,
+            self.first_error
+                .as_deref()
+                .map(|e| format!(" (first: {e})"))
+                .unwrap_or_default(),
+            self.samples.pct_ms(95.0),
+            self.samples.pct_ms(99.9),
+        )
+    }
+
     /// Adds one measured phase (its wall time too).
     pub(crate) fn merge_phase(&mut self, phase: Tally) {
         self.samples.wall += phase.samples.wall;

@@ -32,6 +32,8 @@
 #     `cargo build --profile $STACK_PROFILE -p inventory`)
 #   STACK_PROFILE [release]  STACK_TIMEOUT [60, seconds to become ready]
 #   RUST_LOG [info,platform::http=debug,projection::engine=debug: a line per request and per applied event]
+#   MIMALLOC_PURGE_DELAY [10, ms: the services' allocator returns freed memory after 10 ms, not
+#     mimalloc's 1 s, which shows in their peak RSS under load]
 #   CLUSTER [0; 1 = three nats-server nodes n1..n3 with routes instead of one, processes
 #     nats-n1..nats-n3, stores $STACK_DIR/nats-n1..n3, both services given the three URLs]
 #   with CLUSTER=1: NATS_PORTS ["4222 4223 4224"]  NATS_MONITOR_PORTS ["8222 8223 8224"]
@@ -80,6 +82,8 @@ STACK_PROFILE=${STACK_PROFILE:-release}
 STACK_TIMEOUT=${STACK_TIMEOUT:-60}
 # the services' log filter: info, plus one "request done" line (with request_id) per request
 RUST_LOG=${RUST_LOG:-info,platform::http=debug,projection::engine=debug}
+# the services' allocator (mimalloc) returns freed memory after 10 ms instead of 1 s
+MIMALLOC_PURGE_DELAY=${MIMALLOC_PURGE_DELAY:-10}
 
 PIDS=$STACK_DIR/pids
 LOGS=$STACK_DIR/logs
@@ -536,7 +540,8 @@ start_instances() {
   for p in $3; do
     name=$svc-$((++k))
     spawn "$name" env HTTP_ADDR="127.0.0.1:$p" NATS_URL="$nats_url" INSTANCE_ID="$name" \
-      LOG_FORMAT=json RUST_LOG="$RUST_LOG" "${auth_env[@]}" "${replicas[@]}" "$bin"
+      LOG_FORMAT=json RUST_LOG="$RUST_LOG" MIMALLOC_PURGE_DELAY="$MIMALLOC_PURGE_DELAY" \
+      "${auth_env[@]}" "${replicas[@]}" "$bin"
     echo "http://127.0.0.1:$p/readyz" >"$PIDS/$name.check"
     services+=("$name")
   done

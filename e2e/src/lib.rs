@@ -63,11 +63,34 @@ pub fn binaries() -> (PathBuf, PathBuf) {
         {
             cmd.arg("--release");
         }
+        // `cargo run` / `cargo test` give the process they start its own package's variables
+        // (CARGO_PKG_NAME=bench, CARGO_MANIFEST_DIR, ...). Build scripts that watch them (ring's
+        // does) would see them changed against a build from a shell and rebuild, and the next
+        // build from a shell would rebuild again: every bench run compiled for minutes.
+        for (name, _) in std::env::vars_os() {
+            if name.to_str().is_some_and(is_cargo_package_variable) {
+                cmd.env_remove(name);
+            }
+        }
         let status = cmd.status().expect("run cargo build");
         assert!(status.success(), "building the service binaries failed");
     });
     let dir = target_profile_dir();
     (dir.join("aggregate"), dir.join("projection"))
+}
+
+/// A variable cargo sets for the package whose process it runs, not one the user configures
+/// (`CARGO_HOME`, `CARGO_TARGET_DIR`, `CARGO_BUILD_*` stay).
+fn is_cargo_package_variable(name: &str) -> bool {
+    [
+        "CARGO_PKG_",
+        "CARGO_MANIFEST_",
+        "CARGO_CRATE_",
+        "CARGO_BIN_",
+    ]
+    .iter()
+    .any(|prefix| name.starts_with(prefix))
+        || ["CARGO_PRIMARY_PACKAGE", "OUT_DIR"].contains(&name)
 }
 
 /// The inventory example's `inventory-aggregate` and `inventory-projection` binaries of this
@@ -445,6 +468,34 @@ impl Drop for Stack {
             ));
             let _ = std::fs::rename(self.dir.path().join("logs"), &dest);
             eprintln!("logs of the failed scenario kept in {}", dest.display());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_service_build_drops_the_running_packages_variables_and_keeps_the_users() {
+        for ours in [
+            "CARGO_PKG_NAME",
+            "CARGO_PKG_VERSION_MAJOR",
+            "CARGO_MANIFEST_DIR",
+            "CARGO_MANIFEST_LINKS",
+            "CARGO_CRATE_NAME",
+            "CARGO_BIN_NAME",
+            "CARGO_PRIMARY_PACKAGE",
+            "OUT_DIR",
+        ] {
+            assert!(super::is_cargo_package_variable(ours), "{ours}");
+        }
+        for users in [
+            "CARGO",
+            "CARGO_HOME",
+            "CARGO_TARGET_DIR",
+            "CARGO_BUILD_JOBS",
+            "RUSTFLAGS",
+        ] {
+            assert!(!super::is_cargo_package_variable(users), "{users}");
         }
     }
 }

@@ -83,13 +83,19 @@ impl ApiState {
         })
     }
 
-    /// Waits until the view's checkpoint reaches `min`, or answers 503.
+    /// Waits until the view's checkpoint reaches `min`, or answers 503. On the instance that
+    /// applies the view, its commit wakes the wait; on a standby, the bucket is read again
+    /// (every 1, 2, 4 ... 20 ms).
     async fn wait_for(&self, rt: &ViewRuntime, min: Option<u64>) -> Result<(), Problem> {
         let Some(min) = min else { return Ok(()) };
         let deadline = Instant::now() + self.min_position_timeout;
+        let mut commits = rt.commits();
         // a write is usually applied within milliseconds: poll fast first, then back off
         let mut pause = Duration::from_millis(1);
         loop {
+            if *commits.borrow_and_update() >= min {
+                return Ok(());
+            }
             // read from KV, not from memory, so a standby instance answers correctly too
             let position = rt.checkpoint().await.map_err(|e| unavailable(&e))?;
             if position >= min {
@@ -108,7 +114,12 @@ impl ApiState {
                 .with("min_position", min)
                 .retry_after(1));
             }
-            tokio::time::sleep(pause).await;
+            tokio::select! {
+                // this instance committed it (a closed channel cannot happen while `rt` lives;
+                // then the pause decides)
+                Ok(_) = commits.wait_for(|p| *p >= min) => return Ok(()),
+                () = tokio::time::sleep(pause) => {}
+            }
             pause = (pause * 2).min(Duration::from_millis(20));
         }
     }

@@ -545,6 +545,7 @@ impl Projector {
         self.rt.metrics.commits.get_or_create(&self.rt.labels).inc();
         self.checkpoint = position.max(self.checkpoint);
         self.checkpoint_rev = revisions.last().copied();
+        self.rt.committed_up_to(self.checkpoint);
         self.written_last.clear();
         let n = writes.len();
         for (w, rev) in writes.into_iter().zip(revisions).take(n - 1) {

@@ -76,6 +76,9 @@ pub struct ViewRuntime {
     stall: Mutex<Option<health::Stall>>,
     /// Woken when an event is parked for a transient reason (the background retrier).
     transient_parked: tokio::sync::Notify,
+    /// The highest checkpoint this instance has written: read-your-writes queries waiting on
+    /// the active instance wake on its commit instead of polling the bucket.
+    committed: tokio::sync::watch::Sender<u64>,
 }
 
 impl ViewRuntime {
@@ -142,7 +145,26 @@ impl ViewRuntime {
             last_failure: Mutex::new(None),
             stall: Mutex::new(None),
             transient_parked: tokio::sync::Notify::new(),
+            committed: tokio::sync::watch::Sender::new(0),
         })
+    }
+
+    /// Records that this instance wrote the checkpoint at `position` (durably: after the
+    /// bucket acknowledged it), waking the reads waiting for it.
+    pub(crate) fn committed_up_to(&self, position: u64) {
+        self.committed.send_if_modified(|highest| {
+            let higher = position > *highest;
+            if higher {
+                *highest = position;
+            }
+            higher
+        });
+    }
+
+    /// The checkpoints this instance writes, as they are written: a lower bound of the stored
+    /// checkpoint (0 on an instance that has not committed, a standby; read the bucket there).
+    pub fn commits(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.committed.subscribe()
     }
 
     /// The checkpoint position.

@@ -560,6 +560,7 @@ impl Projector {
                 Ok(revs) => {
                     self.checkpoint = position;
                     self.checkpoint_rev = revs.first().copied();
+                    self.rt.committed_up_to(position);
                     return Ok(());
                 }
                 Err(CommitError::Conflict) => {

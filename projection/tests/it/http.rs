@@ -55,6 +55,59 @@ async fn min_position_returns_the_written_state_or_times_out() {
     p.stop().await;
 }
 
+/// The instance applying a view tells the reads waiting on it of each checkpoint it writes
+/// (they wake on the commit, no bucket polling); a standby writes none and reads the bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_applying_instance_wakes_waiting_reads_with_its_commit_and_a_standby_reads_the_bucket()
+{
+    let server = NatsServer::start();
+    let agg = aggregate(&server).await;
+    let p = projection_with(&server, &[], projection::default_views()).await;
+    // a second instance that serves reads but runs no consumer: a standby
+    let standby_cfg = config(&server, &[]);
+    let standby = projection::start(&standby_cfg, projection::default_views())
+        .await
+        .expect("start the standby");
+    let standby_router = projection::app(
+        &standby,
+        platform::auth::Authenticator::disabled(),
+        standby_cfg.service.http(),
+    );
+    let mut commits = p.view("accounts").commits();
+    let a = account("acme", "woken");
+    open(&agg, &a).await;
+    let out = send(&agg, &a, cmd("deposit", json!({"amount": 7}))).await;
+    // the channel alone reaches the position: the applying instance published its commit
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        commits.wait_for(|c| *c >= out.position),
+    )
+    .await
+    .expect("the commit reaches the waiting reads")
+    .expect("the channel stays open");
+    let stored = p.view("accounts").checkpoint().await.expect("checkpoint");
+    assert!(
+        stored >= out.position,
+        "published {} before the bucket held it ({stored})",
+        out.position
+    );
+    // the standby published nothing, and still answers from the bucket
+    let standby_view = standby.views.get("accounts").expect("view").current();
+    assert_eq!(*standby_view.commits().borrow(), 0);
+    let (status, body) = call(
+        &standby_router,
+        "GET",
+        &format!(
+            "/v1/tenants/acme/views/accounts/woken?min_position={}",
+            out.position
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["document"]["balance"], 7);
+    p.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn retry_after_is_sent_on_timeout() {
     let server = NatsServer::start();

@@ -543,9 +543,7 @@ impl Projector {
     /// checkpoint moved, the revisions kept for a batch folded on these documents.
     fn committed(&mut self, writes: Vec<DocWrite>, revisions: Vec<u64>, position: u64) {
         self.rt.metrics.commits.get_or_create(&self.rt.labels).inc();
-        self.checkpoint = position.max(self.checkpoint);
-        self.checkpoint_rev = revisions.last().copied();
-        self.rt.committed_up_to(self.checkpoint);
+        self.checkpoint_stored(position.max(self.checkpoint), revisions.last().copied());
         self.written_last.clear();
         let n = writes.len();
         for (w, rev) in writes.into_iter().zip(revisions).take(n - 1) {

@@ -545,6 +545,15 @@ impl Projector {
         }
     }
 
+    /// This instance's write of the checkpoint at `position` was acknowledged at `revision`:
+    /// the loop goes on from there, and the reads waiting on this instance learn of it
+    /// ([`ViewRuntime::commits`]).
+    pub(super) fn checkpoint_stored(&mut self, position: u64, revision: Option<u64>) {
+        self.checkpoint = position;
+        self.checkpoint_rev = revision;
+        self.rt.committed_up_to(position);
+    }
+
     /// Writes the checkpoint on its own (compare-and-set on its revision).
     pub(super) async fn write_checkpoint(&mut self, position: u64) -> Result<(), StoreError> {
         for _ in 0..CHECKPOINT_CAS_ATTEMPTS {
@@ -558,9 +567,7 @@ impl Projector {
             };
             match commit(&self.js, &self.rt.docs, std::slice::from_ref(&write)).await {
                 Ok(revs) => {
-                    self.checkpoint = position;
-                    self.checkpoint_rev = revs.first().copied();
-                    self.rt.committed_up_to(position);
+                    self.checkpoint_stored(position, revs.first().copied());
                     return Ok(());
                 }
                 Err(CommitError::Conflict) => {
